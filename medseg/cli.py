@@ -1,0 +1,109 @@
+"""One-line errors for run.py: user errors print `medseg: error: ...` and exit 2, no traceback.
+
+HYDRA_FULL_ERROR=1 or MEDSEG_DEBUG=1 shows the full traceback instead. Unexpected exceptions
+(bugs) always keep their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_USER_ERROR = 2
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def describe_user_error(exc: BaseException) -> str | None:
+    """One line for an error the user caused, or None when it is not one."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from medseg.errors import MedsegError
+
+    if isinstance(exc, MedsegError):
+        return _flat(str(exc))
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 5:
+        chain.append(chain[-1].__cause__)
+    for err in chain:
+        if isinstance(err, MedsegError):
+            return _flat(str(err))
+    omega = next((e for e in chain if isinstance(e, OmegaConfBaseException)), None)
+    if omega is not None:
+        key = getattr(omega, "full_key", None)
+        first = str(omega).strip().splitlines()[0] if str(omega).strip() else type(omega).__name__
+        where = f"{key}: " if key else ""
+        return f"config error: {where}{first} (python run.py --cfg job lists the keys and values)"
+    if isinstance(exc, HydraException):
+        text = str(exc).split("Config search path")[0]
+        return "config error: " + _flat(text)
+    return None
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def one_line_errors(entry: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(entry)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = _env_true("HYDRA_FULL_ERROR") or _env_true("MEDSEG_DEBUG")
+        os.environ["_MEDSEG_USER_DEBUG"] = "1" if debug else "0"
+        if not debug:
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise; the message is shortened below
+        try:
+            return entry(*args, **kwargs)
+        except Exception as exc:
+            message = None if debug else describe_user_error(exc)
+            if message is None:
+                raise
+            print(f"medseg: error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
+
+
+def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Inside a single run, end a user error here with its one line (Hydra would add its own).
+
+    In a multirun the error propagates, so the sweeper can record the job as failed.
+    """
+
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except Exception as exc:
+            if _env_true("MEDSEG_DEBUG") or os.environ.get("_MEDSEG_USER_DEBUG") == "1" or _is_multirun():
+                raise
+            message = describe_user_error(exc)
+            if message is None:
+                raise
+            _to_log_file(message)
+            print(f"medseg: error: {message}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _to_log_file(message: str) -> None:
+    """Record the error in the run's log file only (the console gets the one line)."""
+    import logging
+
+    record = logging.LogRecord("medseg", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

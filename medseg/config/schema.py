@@ -1,0 +1,196 @@
+"""Structured schemas for the composed config.
+
+Registered in Hydra's ConfigStore as `medseg_schema`, the first entry of conf/config.yaml's defaults
+list, so that a misspelt key (`trainer.max_epoch=3`) or a wrong type (`trainer.max_epochs=abc`)
+fails at composition, before any work. Defaults and comments for users live in conf/*.yaml; the
+values here are the fallbacks that make the schema complete.
+Groups whose keys depend on the chosen option (model, optimizer, scheduler, logger) are open
+dictionaries here; their keys are checked when the objects are built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class SyntheticConfig:
+    num_cases: int = 12
+    shape: list[int] = field(default_factory=lambda: [64, 64, 16])
+    num_classes: int = 4
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    flip_prob: float = 0.5
+    rotate90_prob: float = 0.0
+    affine_prob: float = 0.0
+    rotate_range: float = 0.26
+    scale_range: float = 0.1
+    intensity_prob: float = 0.0
+    intensity_shift: float = 0.1
+    intensity_scale: float = 0.1
+    noise_prob: float = 0.0
+    noise_std: float = 0.05
+
+
+@dataclass
+class IntensityConfig:
+    preset: str = "minmax"
+    ct_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
+    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    layout: str = "synthetic"
+    root: Optional[str] = None
+    dims: int = 2
+    slice_axis: int = 2
+    num_classes: Optional[int] = None
+    class_names: Optional[list[str]] = None
+    batch_size: int = 2
+    val_batch_size: Optional[int] = None
+    val_percent: float = 20.0
+    split_file: Optional[str] = None
+    fold: Optional[int] = None
+    num_folds: int = 5
+    scale: float = 1.0
+    image_size: Optional[list[int]] = None
+    spacing: Optional[list[float]] = None
+    patch_size: Optional[list[int]] = None
+    samples_per_volume: int = 2
+    pos_neg_ratio: float = 1.0
+    pad_divisible: int = 16
+    drop_empty_slices: bool = False
+    foreground_slice_ratio: Optional[float] = None
+    cache_rate: float = 1.0
+    cache_dir: Optional[str] = None
+    check: bool = True
+    images_dir: str = "imgs"
+    masks_dir: str = "masks"
+    mask_suffix: str = ""
+    colour_map: Optional[dict[str, int]] = None
+    structures: Optional[list[str]] = None
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    patience: int = 10
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    save_last: bool = True
+    save_best: bool = True
+    every_n_epochs: int = 0
+    keep_last: int = 3
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    accumulate_grad_batches: int = 1
+    precision: str = "32"
+    gradient_clip_val: Optional[float] = None
+    gradient_clip_algorithm: str = "norm"
+    resume: bool = False
+    monitor: str = "val/dice"
+    monitor_mode: str = "max"
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+    max_nonfinite_steps: int = 5
+    oom_recovery: bool = True
+    deterministic: bool = False
+    progress_bar: bool = True
+    strategy: str = "auto"
+    loss: Any = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    device: str = "auto"
+    memory_gb: Optional[float] = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: Optional[int] = None
+    cudnn_benchmark: bool = False
+    matmul_precision: str = "highest"
+    channels_last: bool = False
+    compile: bool = False
+    find_batch_size: bool = False
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "~/.cache/medseg"
+    output_dir: Optional[str] = None
+
+
+@dataclass
+class PredictConfig:
+    input: Optional[str] = None
+    output_dir: Optional[str] = None
+    threshold: float = 0.5
+    viz: bool = False
+    save: bool = True
+    tta: bool = False
+    overlap: float = 0.25
+    batch_size: int = 4
+
+
+@dataclass
+class EvaluateConfig:
+    input: Optional[str] = None
+    hd95: bool = True
+
+
+@dataclass
+class BenchmarkConfig:
+    steps: int = 20
+    warmup: int = 5
+
+
+@dataclass
+class MedsegConfig:
+    mode: str = "train"
+    seed: int = 42
+    ckpt: Optional[str] = None
+    task_name: str = "train"
+    tags: list[str] = field(default_factory=list)
+    print_config: bool = True
+    model: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: Any = None
+    scheduler: Any = None
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: dict[str, Any] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore; call before composing (run.py and tests do)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="medseg_schema", node=MedsegConfig)

@@ -1,0 +1,1 @@
+"""Data: layout readers, case splits, MONAI transforms and loaders."""

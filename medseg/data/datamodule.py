@@ -1,0 +1,156 @@
+"""From the data config to train/val DataLoaders and the facts the model needs (DatasetInfo)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from medseg.data.checks import check_volumes
+from medseg.data.datasets import SliceDataset, VolumeDataset, cached_volumes
+from medseg.data.layouts import read_cases
+from medseg.data.split import split_cases
+from medseg.data.transforms import item_transforms, volume_transforms
+from medseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetInfo:
+    in_channels: int
+    num_classes: int
+    class_names: list[str]
+    dims: int
+    train_cases: list[str] = field(default_factory=list)
+    val_cases: list[str] = field(default_factory=list)
+    n_train_items: int = 0
+    n_val_items: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels, "num_classes": self.num_classes, "class_names": self.class_names,
+            "dims": self.dims, "train_cases": len(self.train_cases), "val_cases": len(self.val_cases),
+            "train_items": self.n_train_items, "val_items": self.n_val_items,
+        }
+
+
+@dataclass
+class DataBundle:
+    train_loader: DataLoader
+    val_loader: DataLoader
+    info: DatasetInfo
+    train_set: Any = None
+    val_set: Any = None
+    val_volumes: Any = None
+    loader_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def class_names_for(data_cfg: Any, layout_names: list[str] | None, num_classes: int) -> list[str]:
+    names = list(data_cfg.class_names) if data_cfg.class_names else (layout_names or [])
+    if data_cfg.class_names and len(names) != num_classes:
+        raise DataError(f"data.class_names has {len(names)} names but there are {num_classes} classes; fix the list")
+    names = names[:num_classes]
+    return names + [f"class_{i}" for i in range(len(names), num_classes)]
+
+
+def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
+    """Read, split, check and cache the data; return loaders and dataset facts."""
+    data_cfg, hw = cfg.data, cfg.hardware
+    caseset = read_cases(data_cfg, str(cfg.paths.cache_dir))
+    train_cases, val_cases = split_cases(caseset.cases, data_cfg, seed=int(cfg.seed))
+    chain = volume_transforms(data_cfg)
+    train_vols = cached_volumes(train_cases, chain, data_cfg, hw.num_workers)
+    val_vols = cached_volumes(val_cases, chain, data_cfg, hw.num_workers)
+
+    num_classes = data_cfg.num_classes
+    if num_classes is None and caseset.class_names:
+        num_classes = len(caseset.class_names)
+    if data_cfg.check:
+        num_classes = check_volumes(train_vols, num_classes, "training")
+        num_classes = max(num_classes, check_volumes(val_vols, num_classes, "validation"))
+    elif num_classes is None:
+        raise DataError("data.num_classes is null and data.check=false; set data.num_classes or enable the check")
+    first = train_vols[0]
+    if "_error" in first:
+        raise DataError(f"{first['id']}: {first['_error']}")
+    in_channels = int(first["image"].shape[0])
+    dims = int(data_cfg.dims)
+    if dims not in (2, 3):
+        raise DataError(f"data.dims={dims} must be 2 or 3")
+
+    train_tf, val_tf = item_transforms(data_cfg, train=True), item_transforms(data_cfg, train=False)
+    if dims == 2:
+        train_set = SliceDataset(
+            train_vols, int(data_cfg.slice_axis), train_tf, drop_empty=bool(data_cfg.drop_empty_slices),
+            foreground_ratio=data_cfg.foreground_slice_ratio, seed=int(cfg.seed),
+        )
+        val_set = SliceDataset(val_vols, int(data_cfg.slice_axis), val_tf)
+    else:
+        train_set = VolumeDataset(train_vols, _patch_sampler(data_cfg, train_tf))
+        val_set = VolumeDataset(val_vols, val_tf)
+
+    info = DatasetInfo(
+        in_channels=in_channels, num_classes=int(num_classes),
+        class_names=class_names_for(data_cfg, caseset.class_names, int(num_classes)), dims=dims,
+        train_cases=[c["id"] for c in train_cases], val_cases=[c["id"] for c in val_cases],
+        n_train_items=len(train_set), n_val_items=len(val_set),
+    )
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise DataError("the train or validation split has no items; add cases or change data.val_percent")
+    loader_kwargs = loader_settings(hw)
+    train_loader = make_loader(train_set, int(data_cfg.batch_size), True, loader_kwargs, cfg.seed, world_size, rank)
+    val_bs = int(data_cfg.val_batch_size or data_cfg.batch_size) if dims == 2 else 1
+    val_loader = make_loader(val_set, val_bs, False, loader_kwargs, cfg.seed, world_size, rank)
+    log.info(
+        "data: %s cases train / %s val, %s / %s %s, %d classes, %d input channel(s)",
+        len(train_cases), len(val_cases), len(train_set), len(val_set),
+        "slices" if dims == 2 else "volumes", info.num_classes, in_channels,
+    )
+    return DataBundle(train_loader, val_loader, info, train_set, val_set, val_vols, loader_kwargs)
+
+
+def _patch_sampler(data_cfg: Any, train_tf: Any) -> Any:
+    from monai import transforms as T
+
+    if not data_cfg.patch_size:
+        return train_tf
+    crop = T.RandCropByPosNegLabeld(
+        keys=["image", "label"], label_key="label", spatial_size=list(data_cfg.patch_size),
+        pos=float(data_cfg.pos_neg_ratio), neg=1.0, num_samples=int(data_cfg.samples_per_volume),
+        allow_smaller=True,
+    )
+    return T.Compose([T.SpatialPadd(keys=["image", "label"], spatial_size=list(data_cfg.patch_size)), crop, train_tf])
+
+
+def loader_settings(hw: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"num_workers": int(hw.num_workers)}
+    kwargs["pin_memory"] = bool(hw.pin_memory) and torch.cuda.is_available()
+    if hw.num_workers > 0:
+        kwargs["persistent_workers"] = bool(hw.persistent_workers)
+        if hw.prefetch_factor:
+            kwargs["prefetch_factor"] = int(hw.prefetch_factor)
+    return kwargs
+
+
+def make_loader(
+    dataset: Any, batch_size: int, shuffle: bool, kwargs: dict[str, Any], seed: int,
+    world_size: int = 1, rank: int = 0,
+) -> DataLoader:
+    """A loader whose shuffling and worker seeds come from its own generator (re-seeded per epoch)."""
+    from monai.data import list_data_collate
+
+    generator = torch.Generator().manual_seed(int(seed))
+    sampler = None
+    if world_size > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=int(seed))
+        shuffle = False
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
+        collate_fn=list_data_collate, drop_last=False, **kwargs,
+    )

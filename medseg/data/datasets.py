@@ -1,0 +1,126 @@
+"""Datasets over cached volumes: 2D slices of 3D volumes, or random 3D patches.
+
+Volumes pass the deterministic transform chain once (MONAI CacheDataset / PersistentDataset); a
+read error is kept as a marker so that the data check can name every bad case at once.
+Slices and patches are cut from those cached volumes, so after the first pass no file is decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class GuardedChain:
+    """Run a transform chain; on failure return {'id', '_error'} instead of raising."""
+
+    def __init__(self, chain: Any) -> None:
+        self.chain = chain
+
+    def __call__(self, case: dict) -> dict:
+        try:
+            out = self.chain(dict(case))
+        except Exception as exc:  # noqa: BLE001 - reported per case by the data check
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            return {"id": case["id"], "_error": f"cannot read: {reason[:200]}", "image_path": case.get("image")}
+        out["id"] = case["id"]
+        out["image"] = plain(out["image"]).float()
+        if "label" in out:
+            out["label"] = plain(out["label"]).round().to(torch.int16)
+        return out
+
+
+def cached_volumes(cases: list[dict], chain: Any, data_cfg: Any, num_workers: int) -> Any:
+    from monai.data import CacheDataset, Dataset as MonaiDataset, PersistentDataset
+
+    guarded = GuardedChain(chain)
+    if data_cfg.cache_dir:
+        return PersistentDataset(data=cases, transform=guarded, cache_dir=str(data_cfg.cache_dir))
+    if data_cfg.cache_rate > 0:
+        return CacheDataset(
+            data=cases, transform=guarded, cache_rate=float(data_cfg.cache_rate),
+            num_workers=max(1, num_workers), progress=False,
+        )
+    return MonaiDataset(data=cases, transform=guarded)
+
+
+class SliceDataset(Dataset):
+    """2D items: every slice along `axis` of each volume (a native 2D image is one slice)."""
+
+    def __init__(
+        self, volumes: Any, axis: int, transform: Any, drop_empty: bool = False,
+        foreground_ratio: float | None = None, seed: int = 0,
+    ) -> None:
+        self.volumes, self.axis, self.transform = volumes, axis, transform
+        self.index: list[tuple[int, int]] = []
+        fg: list[bool] = []
+        for v in range(len(volumes)):
+            item = volumes[v]
+            label = item["label"]
+            if label.ndim == 3:  # native 2D: (1, H, W)
+                self.index.append((v, -1))
+                fg.append(bool(label.any()))
+                continue
+            other = [d for d in range(3) if d != axis]
+            has_fg = (label[0] > 0).any(dim=other[1]).any(dim=other[0]) if label.numel() else torch.zeros(0)
+            for s in range(label.shape[axis + 1]):
+                self.index.append((v, s))
+                fg.append(bool(has_fg[s]))
+        if drop_empty:
+            kept = [ix for ix, f in zip(self.index, fg) if f]
+            self.index = kept or self.index
+        elif foreground_ratio is not None:
+            self.index = _rebalance(self.index, fg, float(foreground_ratio), seed)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        v, s = self.index[i]
+        vol = self.volumes[v]
+        if s < 0:
+            item = {"image": vol["image"], "label": vol["label"]}
+        else:
+            item = {"image": vol["image"].select(self.axis + 1, s), "label": vol["label"].select(self.axis + 1, s)}
+        return _as_item(self.transform(item))
+
+
+def _rebalance(index: list, fg: list[bool], ratio: float, seed: int) -> list:
+    """Keep all foreground slices and enough background ones for a foreground share of `ratio`."""
+    pos = [ix for ix, f in zip(index, fg) if f]
+    neg = [ix for ix, f in zip(index, fg) if not f]
+    if not pos or not 0 < ratio <= 1:
+        return index
+    n_neg = min(len(neg), int(round(len(pos) * (1 - ratio) / ratio)))
+    rng = np.random.default_rng(seed)
+    chosen = [neg[i] for i in sorted(rng.choice(len(neg), size=n_neg, replace=False))] if n_neg else []
+    return sorted(pos + chosen)
+
+
+class VolumeDataset(Dataset):
+    """3D items: whole volumes (validation) or random patches (training) from cached volumes."""
+
+    def __init__(self, volumes: Any, transform: Any) -> None:
+        self.volumes, self.transform = volumes, transform
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> Any:
+        vol = self.volumes[i]
+        out = self.transform({"image": vol["image"], "label": vol["label"]})
+        if isinstance(out, list):  # several patches per volume
+            return [_as_item(o) for o in out]
+        return _as_item(out)
+
+
+def plain(t: Any) -> torch.Tensor:
+    """A plain tensor (MONAI MetaTensors carry per-item metadata that batching does not need)."""
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+
+def _as_item(item: dict) -> dict:
+    return {"image": plain(item["image"]).float(), "label": plain(item["label"]).long()}

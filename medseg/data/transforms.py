@@ -1,0 +1,169 @@
+"""MONAI transform chains, built once per run from the data config.
+
+Two stages:
+- volume transforms (deterministic, cached): load, intensity preset, spacing, scale;
+- item transforms on a 2D slice or a 3D patch: padding to a divisible size and, for training only,
+  random augmentation.
+Predict and evaluate reuse the volume stage, so inference sees what training saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEYS = ("image", "label")
+
+
+def intensity_transforms(intensity: Any, key: str = "image") -> list:
+    from monai import transforms as T
+
+    preset = intensity.preset
+    builders = {
+        "none": lambda: [],
+        "minmax": lambda: [T.ScaleIntensityd(keys=key, minv=0.0, maxv=1.0, channel_wise=True)],
+        "zscore": lambda: [T.NormalizeIntensityd(keys=key, nonzero=False, channel_wise=True)],
+        "percentile": lambda: [
+            T.ScaleIntensityRangePercentilesd(
+                keys=key, lower=intensity.percentiles[0], upper=intensity.percentiles[1],
+                b_min=0.0, b_max=1.0, clip=True, channel_wise=True,
+            )
+        ],
+        "ct": lambda: [
+            T.ScaleIntensityRanged(
+                keys=key, a_min=intensity.ct_window[0], a_max=intensity.ct_window[1], b_min=0.0, b_max=1.0, clip=True
+            )
+        ],
+        "imagenet": lambda: [
+            T.ScaleIntensityd(keys=key, minv=0.0, maxv=1.0),
+            T.NormalizeIntensityd(
+                keys=key, subtrahend=list(intensity.mean), divisor=list(intensity.std), channel_wise=True
+            ),
+        ],
+    }
+    if preset not in builders:
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"data.intensity.preset={preset!r} is not known; choose one of {sorted(builders)}")
+    return builders[preset]()
+
+
+def volume_transforms(data_cfg: Any, with_label: bool = True) -> Any:
+    """Deterministic chain from file paths to float image (C, *spatial) and label (1, *spatial)."""
+    from monai import transforms as T
+
+    keys = list(KEYS) if with_label else ["image"]
+    modes = ["bilinear", "nearest"][: len(keys)]
+    chain: list = [
+        T.LoadImaged(keys=keys, image_only=True, ensure_channel_first=True),
+        T.EnsureTyped(keys="image", dtype=_float32(), track_meta=False),
+    ]
+    if with_label:
+        chain.append(T.EnsureTyped(keys="label", dtype=_float32(), track_meta=False))
+    chain += intensity_transforms(data_cfg.intensity)
+    if data_cfg.spacing:
+        chain.insert(1, T.Spacingd(keys=keys, pixdim=list(data_cfg.spacing), mode=modes))
+    chain += geometry_transforms(data_cfg, keys, modes)
+    return T.Compose(chain)
+
+
+def geometry_transforms(data_cfg: Any, keys: list[str], modes: list[str]) -> list:
+    """In-plane scale or fixed size; for 2D-on-3D the slice axis keeps its length."""
+    from monai import transforms as T
+
+    if data_cfg.image_size:
+        size = list(data_cfg.image_size)
+        return [_SizeForDims(keys, size, data_cfg, modes)]
+    scale = float(data_cfg.scale)
+    if not 0 < scale <= 1:
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"data.scale={scale} must be in (0, 1]")
+    if scale == 1.0:
+        return []
+    return [_ScaleForDims(keys, scale, data_cfg, modes)]
+
+
+class _ScaleForDims:
+    """Zoom the in-plane axes by `scale` (all axes for 3D training), whatever the item's rank."""
+
+    def __init__(self, keys: list[str], scale: float, data_cfg: Any, modes: list[str]) -> None:
+        self.keys, self.scale, self.modes = keys, scale, modes
+        self.dims, self.axis = int(data_cfg.dims), int(data_cfg.slice_axis)
+
+    def __call__(self, item: dict) -> dict:
+        from monai.transforms import Zoom
+
+        spatial = item["image"].ndim - 1
+        factors = [self.scale] * spatial
+        if spatial == 3 and self.dims == 2:
+            factors[self.axis] = 1.0
+        for key, mode in zip(self.keys, self.modes):
+            item[key] = Zoom(zoom=factors, mode=mode, keep_size=False)(item[key])
+        return item
+
+
+class _SizeForDims:
+    """Resize the in-plane axes to data.image_size (the slice axis of a 3D volume is kept)."""
+
+    def __init__(self, keys: list[str], size: list[int], data_cfg: Any, modes: list[str]) -> None:
+        self.keys, self.size, self.modes = keys, size, modes
+        self.dims, self.axis = int(data_cfg.dims), int(data_cfg.slice_axis)
+
+    def __call__(self, item: dict) -> dict:
+        from monai.transforms import Resize
+
+        spatial = item["image"].ndim - 1
+        if spatial == 3 and self.dims == 2:
+            target = list(self.size)
+            target.insert(self.axis, -1)
+        else:
+            target = list(self.size)
+        for key, mode in zip(self.keys, self.modes):
+            item[key] = Resize(spatial_size=target, mode=mode)(item[key])
+        return item
+
+
+def item_transforms(data_cfg: Any, train: bool) -> Any:
+    """Per-slice / per-patch chain: pad to a divisible size; augment when training."""
+    from monai import transforms as T
+
+    keys = list(KEYS)
+    chain: list = [T.DivisiblePadd(keys=keys, k=int(data_cfg.pad_divisible))]
+    aug = data_cfg.augment
+    if train and aug.enabled:
+        spatial_axes = [0, 1] if data_cfg.dims == 2 else [0, 1, 2]
+        if aug.flip_prob > 0:
+            chain += [T.RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=a) for a in spatial_axes]
+        if aug.rotate90_prob > 0:
+            chain.append(T.RandRotate90d(keys=keys, prob=aug.rotate90_prob, spatial_axes=(0, 1)))
+        if aug.affine_prob > 0:
+            chain.append(
+                T.RandAffined(
+                    keys=keys, prob=aug.affine_prob, rotate_range=aug.rotate_range, scale_range=aug.scale_range,
+                    mode=["bilinear", "nearest"], padding_mode="zeros",
+                )
+            )
+        if aug.intensity_prob > 0:
+            chain += [
+                T.RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=aug.intensity_prob),
+                T.RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=aug.intensity_prob),
+            ]
+        if aug.noise_prob > 0:
+            chain.append(T.RandGaussianNoised(keys="image", prob=aug.noise_prob, std=aug.noise_std))
+    return T.Compose(chain)
+
+
+def _float32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def label_transforms(data_cfg: Any) -> Any:
+    """Labels at their original resolution (for evaluation against predictions resized back)."""
+    from monai import transforms as T
+
+    return T.Compose([
+        T.LoadImaged(keys="label", image_only=True, ensure_channel_first=True),
+        T.EnsureTyped(keys="label", dtype=_float32(), track_meta=False),
+    ])

@@ -1,0 +1,1 @@
+"""Training engine: the loop, its callbacks, metrics, schedules and checkpoints."""

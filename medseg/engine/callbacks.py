@@ -1,0 +1,141 @@
+"""Small named callbacks the training loop calls at fixed points.
+
+Hooks: on_fit_start(trainer), on_train_step(trainer, metrics) every trainer.log_every_n_steps
+optimizer steps, on_epoch_end(trainer, record), on_fit_end(trainer). Each callback does one thing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    def on_fit_start(self, trainer: Any) -> None: ...
+
+    def on_train_step(self, trainer: Any, metrics: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None: ...
+
+    def on_fit_end(self, trainer: Any) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ModelCheckpoint(Callback):
+    """last.pt every epoch, best.pt when the monitored metric improves, epoch_{N}.pt every N epochs."""
+
+    def __init__(self, folder: str | Path, save_last: bool = True, save_best: bool = True,
+                 every_n_epochs: int = 0, keep_last: int = 3) -> None:
+        self.folder = Path(folder)
+        self.save_last, self.save_best = save_last, save_best
+        self.every_n_epochs, self.keep_last = int(every_n_epochs), int(keep_last)
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if not trainer.is_main_process:
+            return
+        payload = trainer.checkpoint_payload()
+        if self.save_last:
+            trainer.save(self.folder / "last.pt", payload)
+        if self.save_best and trainer.improved:
+            trainer.save(self.folder / "best.pt", payload)
+        if self.every_n_epochs > 0 and trainer.epoch % self.every_n_epochs == 0:
+            trainer.save(self.folder / f"epoch_{trainer.epoch}.pt", payload)
+            self._prune()
+
+    def _prune(self) -> None:
+        numbered = sorted(
+            (int(m.group(1)), p) for p in self.folder.glob("epoch_*.pt") if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))
+        )
+        for _, path in numbered[: max(0, len(numbered) - self.keep_last)]:
+            path.unlink(missing_ok=True)
+
+
+class EarlyStopping(Callback):
+    """Stop after `patience` epochs without an improvement larger than min_delta; restore the best."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float, restore_best: bool) -> None:
+        self.monitor, self.mode = monitor, mode
+        self.patience, self.min_delta, self.restore_best = int(patience), float(min_delta), restore_best
+        self.best: float | None = None
+        self.wait = 0
+        self.best_weights: dict[str, Any] | None = None
+        self.stopped_epoch: int | None = None
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        value = record.get(self.monitor)
+        if value is None or math.isnan(value):
+            return
+        if self._better(value):
+            self.best, self.wait = value, 0
+            if self.restore_best:
+                self.best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model_state().items()})
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = trainer.epoch
+            trainer.should_stop = True
+            log.info("early stopping: %s did not improve for %d epochs (best %.4f)", self.monitor, self.wait, self.best)
+
+    def on_fit_end(self, trainer: Any) -> None:
+        if self.restore_best and self.stopped_epoch is not None and self.best_weights is not None:
+            trainer.load_model_state(self.best_weights)
+            log.info("early stopping: restored the weights with %s=%.4f", self.monitor, self.best)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait, self.best_weights = state["best"], state["wait"], state.get("best_weights")
+
+
+class HistoryWriter(Callback):
+    """history.json (one record per epoch) and history.png, rewritten after every epoch."""
+
+    def __init__(self, folder: str | Path, plot: bool = True) -> None:
+        self.folder, self.plot = Path(folder), plot
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if not trainer.is_main_process:
+            return
+        from medseg.engine.history import plot_history, write_history
+
+        write_history(self.folder / "history.json", trainer.history)
+        if self.plot:
+            plot_history(self.folder / "history.png", trainer.history)
+
+
+class TrackerBridge(Callback):
+    """Forward metrics to the configured trackers (csv, wandb, tensorboard, ...)."""
+
+    def __init__(self, trackers: list[Any]) -> None:
+        self.trackers = trackers
+
+    def on_train_step(self, trainer: Any, metrics: dict[str, float]) -> None:
+        for t in self.trackers:
+            t.log_step(metrics, step=trainer.global_step)
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.log_epoch(record, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: Any) -> None:
+        summary = {"best/" + trainer.monitor: trainer.best_score, "best/epoch": trainer.best_epoch}
+        for t in self.trackers:
+            t.log_summary(summary)

@@ -1,0 +1,440 @@
+"""The training loop. Plain PyTorch, read top to bottom:
+
+    fit()
+      for each epoch:
+        train_epoch()     micro-batches -> forward (autocast) -> loss x weight -> backward
+                          every `accumulate` micro-batches: _optimizer_step() (unscale, measure and
+                          clip the gradient norm, skip non-finite steps, step, schedule)
+        validate()        forward (or sliding window for 3D) -> loss and confusion counts
+        epoch record      -> history, callbacks (checkpoints, early stopping, trackers, plots)
+
+Features attach through callbacks (medseg/engine/callbacks.py); the loop itself only knows about
+precision, accumulation, clipping, the LR schedule and recovery from non-finite losses and
+out-of-memory errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medseg.engine.callbacks import Callback
+from medseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
+from medseg.engine.metrics import ConfusionCounter, foreground_mean, nan_to_none, ranked_classes
+from medseg.engine.precision import Precision
+from medseg.engine.schedulers import LRSchedule
+from medseg.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule,
+        train_loader: Any,
+        val_loader: Any,
+        *,
+        device: torch.device,
+        precision: Precision,
+        num_classes: int,
+        class_names: list[str],
+        max_epochs: int,
+        accumulate: int = 1,
+        clip_val: float | None = None,
+        clip_algorithm: str = "norm",
+        monitor: str = "val/dice",
+        monitor_mode: str = "max",
+        val_every_n_epochs: int = 1,
+        log_every_n_steps: int = 10,
+        limit_train_batches: int | None = None,
+        limit_val_batches: int | None = None,
+        max_nonfinite_steps: int = 5,
+        oom_recovery: bool = True,
+        seed: int = 0,
+        callbacks: Iterable[Callback] = (),
+        inferer: Callable[[torch.Tensor, nn.Module], torch.Tensor] | None = None,
+        loader_factory: Callable[[int], Any] | None = None,
+        channels_last: bool = False,
+        progress_bar: bool = True,
+        extra_state: dict[str, Any] | None = None,
+        distributed: Any = None,
+    ) -> None:
+        self.model, self.loss_fn, self.optimizer, self.schedule = model, loss_fn, optimizer, schedule
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.device, self.precision = device, precision
+        self.num_classes, self.class_names = num_classes, class_names
+        self.max_epochs, self.accumulate = int(max_epochs), int(accumulate)
+        self.clip_val, self.clip_algorithm = clip_val, clip_algorithm
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.val_every_n_epochs, self.log_every_n_steps = max(1, val_every_n_epochs), max(1, log_every_n_steps)
+        self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
+        self.max_nonfinite_steps, self.oom_recovery = max_nonfinite_steps, oom_recovery
+        self.seed = int(seed)
+        self.callbacks = list(callbacks)
+        self.inferer = inferer or (lambda x, m: m(x))
+        self.loader_factory = loader_factory
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.progress_bar = progress_bar and sys.stderr.isatty()
+        self.extra_state = extra_state or {}
+        self.distributed = distributed  # medseg.engine.distributed.DistContext or None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
+
+        self.epoch = 0  # epochs completed
+        self.global_step = 0  # optimizer steps taken
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.improved = False
+        self.should_stop = False
+        self.history: list[dict[str, Any]] = []
+        self.nonfinite_in_a_row = 0
+        self.micro_batch_size = int(getattr(train_loader, "batch_size", 0) or 0)
+        self._rebuild_loader = False
+        self.last_saved: Path | None = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> float | None:
+        self._call("on_fit_start")
+        try:
+            while self.epoch < self.max_epochs and not self.should_stop:
+                started = time.perf_counter()
+                train = self.train_epoch()
+                run_val = (self.epoch + 1) % self.val_every_n_epochs == 0 or self.epoch + 1 == self.max_epochs
+                val = self.validate() if run_val else {}
+                self.epoch += 1
+                record = self._epoch_record(train, val, time.perf_counter() - started)
+                self.history.append(record)
+                self.schedule.after_epoch(record.get(self.monitor))
+                self._log_epoch(record)
+                self._call("on_epoch_end", record)
+        finally:
+            self._call("on_fit_end")
+        return self.best_score
+
+    def train_epoch(self) -> dict[str, Any]:
+        self.model.train()
+        if self._rebuild_loader and self.loader_factory is not None:
+            self.train_loader = self.loader_factory(self.micro_batch_size)
+            self._rebuild_loader = False
+        self._seed_epoch(self.epoch)
+        n_batches = _limited_len(self.train_loader, self.limit_train_batches)
+        group_sizes = self._planned_group_sizes(n_batches)
+
+        counter = ConfusionCounter(self.num_classes, self.device)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        norm_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        samples, steps_before, started = 0, self.global_step, time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._group_loss = torch.zeros((), device=self.device)
+
+        for i, batch in enumerate(self._progress(self.train_loader, n_batches, f"epoch {self.epoch + 1}")):
+            if i >= n_batches:
+                break
+            images, labels = self._to_device(batch)
+            weight = images.shape[0] / group_sizes[i // self.accumulate]
+            loss = self._forward_backward(images, labels, weight, counter)
+            loss_sum += loss * images.shape[0]
+            samples += images.shape[0]
+            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
+                grad_norm = self._optimizer_step()
+                if grad_norm is not None:
+                    norm_sum += grad_norm
+                if self.global_step % self.log_every_n_steps == 0:
+                    self._log_step(loss, grad_norm)
+
+        elapsed = time.perf_counter() - started
+        scores = counter.scores()
+        steps = max(1, self.global_step - steps_before)
+        return {
+            "loss": float(loss_sum) / max(1, samples),
+            "dice": foreground_mean(scores["dice"]),
+            "iou": foreground_mean(scores["iou"]),
+            "grad_norm": float(norm_sum) / steps,
+            "samples": samples,
+            "samples_per_s": samples / elapsed if elapsed > 0 else math.nan,
+        }
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        self.model.eval()
+        counter = ConfusionCounter(self.num_classes, self.device)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        samples = 0
+        n_batches = _limited_len(self.val_loader, self.limit_val_batches)
+        for i, batch in enumerate(self.val_loader):
+            if i >= n_batches:
+                break
+            images, labels = self._to_device(batch)
+            with self.precision.autocast(self.device):
+                logits = self.inferer(images, self.model)
+                loss = self.loss_fn(logits, labels)
+            loss_sum += loss.detach().double() * images.shape[0]
+            counter.update(logits.detach(), labels)
+            samples += images.shape[0]
+        if self.distributed is not None:
+            loss_sum, samples = self.distributed.sum_loss(loss_sum, samples)
+            self.distributed.sum_(counter.counts)
+        scores = counter.scores()
+        return {
+            "loss": float(loss_sum) / max(1, samples),
+            "dice": foreground_mean(scores["dice"]),
+            "iou": foreground_mean(scores["iou"]),
+            "dice_per_class": scores["dice"],
+            "iou_per_class": scores["iou"],
+        }
+
+    # ------------------------------------------------------------------ one step
+    def _forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor, weight: float, counter: ConfusionCounter
+    ) -> torch.Tensor:
+        """Forward and backward one micro-batch; on out-of-memory, recover and retry in halves."""
+        try:
+            with self.precision.autocast(self.device):
+                logits = self.model(images)
+                loss = self.loss_fn(logits, labels)
+            self.scaler.scale(loss * weight).backward()
+        except torch.OutOfMemoryError:
+            return self._recover_from_oom(images, labels, weight, counter)
+        loss = loss.detach().float()
+        self._group_loss += loss * weight
+        counter.update(logits.detach(), labels)
+        return loss
+
+    def _recover_from_oom(
+        self, images: torch.Tensor, labels: torch.Tensor, weight: float, counter: ConfusionCounter
+    ) -> torch.Tensor:
+        if not self.oom_recovery:
+            raise TrainingError("out of memory in a training step; lower data.batch_size or data.scale")
+        self._free_memory()
+        if not getattr(self.model, "grad_checkpointing", True) and hasattr(self.model, "set_grad_checkpointing"):
+            self.model.set_grad_checkpointing(True)
+            log.warning("out of memory: switched on gradient checkpointing; retrying the micro-batch")
+            return self._forward_backward(images, labels, weight, counter)
+        n = images.shape[0]
+        if n < 2:
+            raise TrainingError("out of memory with a micro-batch of 1; lower data.scale or choose a smaller model")
+        half = n // 2
+        if self.micro_batch_size and self.micro_batch_size > half:
+            self.micro_batch_size = max(1, self.micro_batch_size // 2)
+            self.accumulate *= 2
+            self._rebuild_loader = True
+            log.warning(
+                "out of memory: micro-batch %d -> %d, accumulation -> %d (same effective batch) from the next epoch;"
+                " this batch goes through in halves", n, self.micro_batch_size, self.accumulate,
+            )
+        first = self._forward_backward(images[:half], labels[:half], weight * half / n, counter)
+        second = self._forward_backward(images[half:], labels[half:], weight * (n - half) / n, counter)
+        return (first * half + second * (n - half)) / n
+
+    def _optimizer_step(self) -> torch.Tensor | None:
+        """Unscale, measure (and clip) the gradient norm, skip non-finite steps, step, schedule."""
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.clip_val is not None and self.clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, self.clip_val)
+        max_norm = self.clip_val if (self.clip_val is not None and self.clip_algorithm == "norm") else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=self.device)
+        # One host sync per optimizer step: the only way to skip a non-finite update before it lands.
+        finite_loss, finite_grad = torch.isfinite(torch.stack([self._group_loss, grad_norm.float()])).tolist()
+        self._group_loss = torch.zeros((), device=self.device)
+        if not finite_loss or (not finite_grad and not self.scaler.is_enabled()):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            self._nonfinite_step()
+            return None
+        self.nonfinite_in_a_row = 0
+        self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips overflowing steps
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.schedule.after_optimizer_step()
+        return grad_norm.detach().double() if finite_grad else None
+
+    def _nonfinite_step(self) -> None:
+        self.nonfinite_in_a_row += 1
+        log.warning(
+            "non-finite loss or gradient at epoch %d: step skipped (%d in a row)", self.epoch + 1, self.nonfinite_in_a_row
+        )
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            kept = f"; the last good checkpoint is {self.last_saved}" if self.last_saved else ""
+            raise TrainingError(
+                f"{self.nonfinite_in_a_row} non-finite losses in a row at epoch {self.epoch + 1}{kept};"
+                " lower optimizer.lr, enable trainer.gradient_clip_val or check the data"
+            )
+
+    # ------------------------------------------------------------------ records and logging
+    def _epoch_record(self, train: dict[str, Any], val: dict[str, Any], seconds: float) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "epoch": self.epoch, "step": self.global_step, "lr": self.schedule.lr(),
+            "train/loss": train["loss"], "train/dice": nan_to_none(train["dice"]), "train/iou": nan_to_none(train["iou"]),
+            "train/grad_norm": train["grad_norm"], "train/samples_per_s": train["samples_per_s"],
+            "time/epoch_s": seconds, "micro_batch": self.micro_batch_size, "accumulate": self.accumulate,
+        }
+        if val:
+            record.update({"val/loss": val["loss"], "val/dice": nan_to_none(val["dice"]),
+                           "val/iou": nan_to_none(val["iou"])})
+            for name, d, j in zip(self.class_names, val["dice_per_class"], val["iou_per_class"]):
+                record[f"val/dice/{name}"] = nan_to_none(d)
+                record[f"val/iou/{name}"] = nan_to_none(j)
+            record["gap/loss"] = val["loss"] - train["loss"]
+            if record["train/dice"] is not None and record["val/dice"] is not None:
+                record["gap/dice"] = record["train/dice"] - record["val/dice"]
+            # relative generalisation gap of the loss: 0 = none, 0.5 = val loss 50% above train loss
+            record["overfit/score"] = (val["loss"] - train["loss"]) / max(train["loss"], 1e-8)
+            ranked = ranked_classes(val["dice_per_class"], self.class_names)
+            record["val/top5"], record["val/bottom5"] = ranked["top"], ranked["bottom"]
+        self._update_best(record.get(self.monitor))
+        record["best/" + self.monitor] = self.best_score
+        return record
+
+    def _update_best(self, value: float | None) -> None:
+        self.improved = False
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        better = self.best_score is None or (
+            value > self.best_score if self.monitor_mode == "max" else value < self.best_score
+        )
+        if better:
+            self.best_score, self.best_epoch, self.improved = float(value), self.epoch, True
+
+    def _log_epoch(self, r: dict[str, Any]) -> None:
+        if not self.is_main_process:
+            return
+        val = f" val/loss {r['val/loss']:.4f} val/dice {_fmt(r['val/dice'])}" if "val/loss" in r else ""
+        log.info(
+            "epoch %d/%d: train/loss %.4f train/dice %s%s lr %.2e grad_norm %.3g %.1f samples/s (%.1fs)",
+            r["epoch"], self.max_epochs, r["train/loss"], _fmt(r["train/dice"]), val, r["lr"],
+            r["train/grad_norm"], r["train/samples_per_s"], r["time/epoch_s"],
+        )
+        if r.get("val/bottom5"):
+            log.info("  top classes: %s | bottom: %s", _pairs(r["val/top5"]), _pairs(r["val/bottom5"]))
+
+    def _log_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        metrics = {"batch/loss": float(loss), "batch/lr": self.schedule.lr()}
+        if grad_norm is not None:
+            metrics["batch/grad_norm"] = float(grad_norm)
+        self._call("on_train_step", metrics)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_main_process(self) -> bool:
+        return self.distributed is None or self.distributed.rank == 0
+
+    def _unwrapped(self) -> nn.Module:
+        model = getattr(self.model, "module", self.model)
+        return getattr(model, "_orig_mod", model)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self._unwrapped().state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._unwrapped().load_state_dict(state)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            **self.extra_state,
+            "model": self.model_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "monitor": self.monitor,
+            "rng": rng_state(),
+            "history": self.history,
+            "micro_batch_size": self.micro_batch_size,
+            "accumulate": self.accumulate,
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+        }
+
+    def save(self, path: str | Path, payload: dict[str, Any]) -> None:
+        save_checkpoint(path, payload)
+        self.last_saved = Path(path)
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue exactly where a checkpoint stopped (trainer.resume=true)."""
+        self.load_model_state(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
+        self.best_score, self.best_epoch = ckpt.get("best_score"), ckpt.get("best_epoch")
+        self.history = list(ckpt.get("history", []))
+        if ckpt.get("micro_batch_size") and int(ckpt["micro_batch_size"]) != self.micro_batch_size:
+            self.micro_batch_size, self._rebuild_loader = int(ckpt["micro_batch_size"]), True
+        self.accumulate = int(ckpt.get("accumulate", self.accumulate))
+        states = ckpt.get("callbacks", {})
+        for cb in self.callbacks:
+            if type(cb).__name__ in states:
+                cb.load_state_dict(states[type(cb).__name__])
+        set_rng_state(ckpt["rng"])
+        log.info("resumed at epoch %d, step %d", self.epoch, self.global_step)
+
+    # ------------------------------------------------------------------ helpers
+    def _seed_epoch(self, epoch: int) -> None:
+        """Data order and augmentation depend only on (seed, epoch), so a resumed run sees the same."""
+        loader = self.train_loader
+        seed = self.seed * 100_003 + epoch
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(seed)
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        transform = getattr(loader.dataset, "transform", None)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=seed % (2**32))
+
+    def _planned_group_sizes(self, n_batches: int) -> list[int]:
+        """Samples in each accumulation group, so a last partial group is scaled by its true size."""
+        bs = int(getattr(self.train_loader, "batch_size", 1) or 1)
+        per_item = getattr(self.train_loader.dataset, "items_per_index", 1)
+        n_items = len(self.train_loader.sampler) if hasattr(self.train_loader, "sampler") else n_batches * bs
+        sizes = [min(bs, n_items - b * bs) * per_item for b in range(n_batches)]
+        return [sum(sizes[g : g + self.accumulate]) for g in range(0, n_batches, self.accumulate)]
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        non_blocking = self.device.type == "cuda"
+        images = batch["image"].to(self.device, non_blocking=non_blocking, memory_format=self.memory_format)
+        labels = batch["label"].to(self.device, non_blocking=non_blocking)
+        return images, labels
+
+    def _free_memory(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _progress(self, loader: Any, total: int, desc: str) -> Any:
+        if not self.progress_bar or not self.is_main_process:
+            return loader
+        from tqdm import tqdm
+
+        return tqdm(loader, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+
+def _limited_len(loader: Any, limit: int | None) -> int:
+    n = len(loader)
+    return min(n, int(limit)) if limit else n
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _pairs(pairs: list[list[Any]]) -> str:
+    return ", ".join(f"{n} {v:.3f}" for n, v in pairs)

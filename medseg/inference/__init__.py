@@ -1,0 +1,1 @@
+"""Inference: forward passes on slices, windows and whole volumes."""

@@ -1,0 +1,41 @@
+"""Build the network from the `model` config; channels and dimensions come from the data."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from medseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_cfg: Any, in_channels: int, num_classes: int, spatial_dims: int) -> nn.Module:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        model = instantiate(model_cfg, in_channels=in_channels, out_channels=num_classes, spatial_dims=spatial_dims)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"cannot build model {model_cfg.get('_target_')}: {_one_line(cause)}") from exc
+    return model
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def describe_model(model: nn.Module, model_cfg: Any) -> dict[str, Any]:
+    counts = parameter_counts(model)
+    arch = str(model_cfg.get("_target_", type(model).__name__)).rsplit(".", 1)[-1]
+    log.info("model: %s, %s parameters (%s trainable)", arch, f"{counts['total']:,}", f"{counts['trainable']:,}")
+    return {"architecture": arch, "params_total": counts["total"], "params_trainable": counts["trainable"]}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]

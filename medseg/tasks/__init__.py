@@ -1,0 +1,1 @@
+"""What each `mode=` does: train, evaluate, predict, benchmark, lr_find."""

@@ -1,0 +1,102 @@
+"""mode=predict: segment files or a folder with a checkpoint; masks keep the input's geometry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from medseg.data.datasets import plain
+from medseg.data.transforms import volume_transforms
+from medseg.engine.precision import resolve_precision
+from medseg.errors import DataError, MedsegError
+from medseg.inference.image_io import (
+    collect_inputs, overlay_png, read_geometry, representative_slice, save_mask, stem_of, suffix_of,
+)
+from medseg.inference.predictor import VolumePredictor, resize_probabilities, to_labels
+from medseg.runtime import run_dir, select_device
+from medseg.tasks.restore import restore_model
+
+log = logging.getLogger(__name__)
+
+
+def run_predict(cfg: DictConfig) -> None:
+    pcfg = cfg.predict
+    files = collect_inputs(pcfg.input)
+    device = select_device(cfg.hardware.device)
+    restored = restore_model(cfg.ckpt, device)
+    out_dir = Path(str(pcfg.output_dir)).expanduser() if pcfg.output_dir else run_dir(cfg) / "predictions"
+    _ensure_writable(out_dir)
+    data_cfg = restored.cfg.data
+    predictor = VolumePredictor(
+        restored.model, data_cfg, device, resolve_precision(restored.cfg.trainer.precision, device),
+        tta=bool(pcfg.tta), overlap=float(pcfg.overlap), batch_size=int(pcfg.batch_size),
+    )
+    chain = volume_transforms(data_cfg, with_label=False)
+    values = restored.ckpt.get("mask_values")
+    written = 0
+    for path in _progress(files):
+        image, geom = load_input(path, chain, restored.in_channels)
+        probs = resize_probabilities(predictor.probabilities(image), geom.shape)
+        labels = to_labels(probs, float(pcfg.threshold)).numpy()
+        name = stem_of(path)
+        if pcfg.save:
+            ext = suffix_of(path) if geom.kind == "nifti" else ".png"
+            save_mask(out_dir / f"{name}{ext}", labels, geom, values)
+            written += 1
+        if pcfg.viz:
+            raw = _raw_image(path)
+            write_overlay(out_dir / f"{name}_overlay.png", raw, labels, None, int(data_cfg.slice_axis))
+    log.info("predicted %d file(s); %d mask(s) written to %s", len(files), written, out_dir)
+
+
+def load_input(path: Path, chain: Any, in_channels: int) -> tuple[Any, Any]:
+    geom = read_geometry(path)
+    try:
+        image = plain(chain({"image": str(path)})["image"])
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path} cannot be read ({type(exc).__name__}); is it a valid image?") from exc
+    if int(image.shape[0]) != in_channels:
+        raise DataError(
+            f"{path} has {image.shape[0]} channel(s) but the model expects {in_channels}; convert the image"
+        )
+    return image, geom
+
+
+def write_overlay(path: Path, raw: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, axis: int) -> None:
+    """Overlay of a 2D image, or of the 3D slice with the most predicted foreground."""
+    if raw.ndim == 3 and pred.ndim == 3:
+        s = representative_slice(truth if truth is not None else pred, axis)
+        raw, pred = np.take(raw, s, axis=axis), np.take(pred, s, axis=axis)
+        truth = np.take(truth, s, axis=axis) if truth is not None else None
+    if raw.ndim == 3:  # colour 2D image (W, H, C): show the mean
+        raw = raw.mean(-1)
+    overlay_png(path, raw.T, pred.T, truth.T if truth is not None else None)
+
+
+def _raw_image(path: Path) -> np.ndarray:
+    from monai.transforms import LoadImage
+
+    return np.asarray(LoadImage(image_only=True)(str(path)))
+
+
+def _ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedsegError(f"predict.output_dir={folder} cannot be created ({exc.strerror}); choose another folder") from exc
+    if not os.access(folder, os.W_OK):
+        raise MedsegError(f"predict.output_dir={folder} is not writable; choose another folder")
+
+
+def _progress(files: list[Path]) -> Any:
+    if not sys.stderr.isatty() or len(files) < 2:
+        return files
+    from tqdm import tqdm
+
+    return tqdm(files, desc="predict", unit="file")

@@ -1,0 +1,122 @@
+"""mode=train: build everything from the config, fit, return the monitored metric."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medseg.data.datamodule import build_data, make_loader
+from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
+from medseg.engine.checkpoint import library_versions, load_checkpoint
+from medseg.engine.precision import resolve_precision
+from medseg.engine.schedulers import LRSchedule
+from medseg.engine.trainer import Trainer
+from medseg.inference.inferers import make_inferer
+from medseg.io_utils import write_json
+from medseg.models.factory import build_model, describe_model
+from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
+from medseg.tasks.build import build_loss, build_optimizer, load_weights
+from medseg.tracking.base import build_trackers
+
+log = logging.getLogger(__name__)
+
+
+def run_train(cfg: DictConfig) -> float | None:
+    out = run_dir(cfg)
+    tcfg = cfg.trainer
+    seed_everything(int(cfg.seed))
+    device = select_device(cfg.hardware.device)
+    apply_backend_flags(cfg.hardware, bool(tcfg.deterministic))
+    ckpt = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
+
+    # 1. data: cases -> split -> checks -> cached datasets -> loaders
+    data = build_data(cfg)
+    info = data.info
+    write_json(out / "label_map.json", {str(i): name for i, name in enumerate(info.class_names)})
+
+    # 2. model, loss, optimizer, schedule, precision
+    seed_everything(int(cfg.seed))
+    model = build_model(cfg.model, info.in_channels, info.num_classes, info.dims)
+    model_facts = describe_model(model, cfg.model)
+    if ckpt is not None and not tcfg.resume:
+        load_weights(model, ckpt["model"], str(cfg.ckpt))
+        log.info("fine-tuning from the weights in %s", cfg.ckpt)
+    model.to(device)
+    if cfg.hardware.channels_last and info.dims == 2:
+        model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if cfg.hardware.compile else model
+    loss_fn = build_loss(tcfg.loss)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    accumulate = int(tcfg.accumulate_grad_batches)
+    if accumulate < 1:
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate} must be >= 1")
+    n_batches = len(data.train_loader)
+    if tcfg.limit_train_batches:
+        n_batches = min(n_batches, int(tcfg.limit_train_batches))
+    schedule = LRSchedule(cfg.scheduler, optimizer, math.ceil(n_batches / accumulate), int(tcfg.max_epochs))
+    precision = resolve_precision(tcfg.precision, device)
+    log.info(
+        "device %s, precision %s, micro-batch %d x accumulation %d = effective batch %d",
+        device, precision.name, cfg.data.batch_size, accumulate, cfg.data.batch_size * accumulate,
+    )
+
+    # 3. callbacks and trackers
+    resume_ids = dict(ckpt.get("tracker_ids", {})) if (ckpt is not None and tcfg.resume) else {}
+    trackers = build_trackers(cfg.logger, out, resume_ids)
+    facts = {"dataset": info.as_dict(), "model": model_facts, "hardware": cfg.hardware.name, "device": str(device)}
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+    for tracker in trackers:
+        tracker.log_config(plain_cfg, facts)
+    callbacks: list[Any] = [
+        ModelCheckpoint(out / "checkpoints", **OmegaConf.to_container(tcfg.checkpoint)),
+        HistoryWriter(out),
+        TrackerBridge(trackers),
+    ]
+    if tcfg.early_stopping.enabled:
+        es = tcfg.early_stopping
+        callbacks.insert(0, EarlyStopping(tcfg.monitor, tcfg.monitor_mode, es.patience, es.min_delta, es.restore_best))
+
+    extra_state = {
+        "config_yaml": OmegaConf.to_yaml(cfg, resolve=True),
+        "class_names": info.class_names,
+        "dataset": info.as_dict(),
+        "model_facts": model_facts,
+        "versions": library_versions(),
+        "tracker_ids": {t.name: t.run_id for t in trackers if t.run_id},
+    }
+
+    def loader_factory(batch_size: int) -> Any:
+        return make_loader(data.train_set, batch_size, True, data.loader_kwargs, int(cfg.seed))
+
+    trainer = Trainer(
+        train_model, loss_fn, optimizer, schedule, data.train_loader, data.val_loader,
+        device=device, precision=precision, num_classes=info.num_classes, class_names=info.class_names,
+        max_epochs=int(tcfg.max_epochs), accumulate=accumulate, clip_val=tcfg.gradient_clip_val,
+        clip_algorithm=str(tcfg.gradient_clip_algorithm), monitor=str(tcfg.monitor),
+        monitor_mode=str(tcfg.monitor_mode), val_every_n_epochs=int(tcfg.val_every_n_epochs),
+        log_every_n_steps=int(tcfg.log_every_n_steps), limit_train_batches=tcfg.limit_train_batches,
+        limit_val_batches=tcfg.limit_val_batches, max_nonfinite_steps=int(tcfg.max_nonfinite_steps),
+        oom_recovery=bool(tcfg.oom_recovery), seed=int(cfg.seed), callbacks=callbacks,
+        inferer=make_inferer(cfg.data, overlap=float(cfg.predict.overlap)), loader_factory=loader_factory,
+        channels_last=bool(cfg.hardware.channels_last) and info.dims == 2,
+        progress_bar=bool(tcfg.progress_bar), extra_state=extra_state,
+    )
+    if ckpt is not None and tcfg.resume:
+        trainer.restore(ckpt)
+    try:
+        best = trainer.fit()
+    finally:
+        for tracker in trackers:
+            tracker.finish()
+    log.info("best %s = %s at epoch %s; run folder %s", tcfg.monitor, _fmt(best), trainer.best_epoch, out)
+    return best
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -1,0 +1,1 @@
+"""Experiment trackers: each config under `logger:` becomes one tracker object."""
