@@ -11,7 +11,7 @@ dictionaries here; their keys are checked when the objects are built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -49,34 +49,34 @@ class IntensityConfig:
 @dataclass
 class DataConfig:
     layout: str = "synthetic"
-    root: Optional[str] = None
+    root: str | None = None
     dims: int = 2
     slice_axis: int = 2
-    num_classes: Optional[int] = None
-    class_names: Optional[list[str]] = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
     batch_size: int = 2
-    val_batch_size: Optional[int] = None
+    val_batch_size: int | None = None
     val_percent: float = 20.0
-    split_file: Optional[str] = None
-    fold: Optional[int] = None
+    split_file: str | None = None
+    fold: int | None = None
     num_folds: int = 5
     scale: float = 1.0
-    image_size: Optional[list[int]] = None
-    spacing: Optional[list[float]] = None
-    patch_size: Optional[list[int]] = None
+    image_size: list[int] | None = None
+    spacing: list[float] | None = None
+    patch_size: list[int] | None = None
     samples_per_volume: int = 2
     pos_neg_ratio: float = 1.0
     pad_divisible: int = 16
     drop_empty_slices: bool = False
-    foreground_slice_ratio: Optional[float] = None
+    foreground_slice_ratio: float | None = None
     cache_rate: float = 1.0
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     check: bool = True
     images_dir: str = "imgs"
     masks_dir: str = "masks"
     mask_suffix: str = ""
-    colour_map: Optional[dict[str, int]] = None
-    structures: Optional[list[str]] = None
+    colour_map: dict[str, int] | None = None
+    structures: list[str] | None = None
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -103,15 +103,15 @@ class TrainerConfig:
     max_epochs: int = 10
     accumulate_grad_batches: int = 1
     precision: str = "32"
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: float | None = None
     gradient_clip_algorithm: str = "norm"
     resume: bool = False
     monitor: str = "val/dice"
     monitor_mode: str = "max"
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
-    limit_train_batches: Optional[int] = None
-    limit_val_batches: Optional[int] = None
+    limit_train_batches: int | None = None
+    limit_val_batches: int | None = None
     max_nonfinite_steps: int = 5
     oom_recovery: bool = True
     deterministic: bool = False
@@ -126,11 +126,11 @@ class TrainerConfig:
 class HardwareConfig:
     name: str = "cpu"
     device: str = "auto"
-    memory_gb: Optional[float] = None
+    memory_gb: float | None = None
     num_workers: int = 0
     pin_memory: bool = False
     persistent_workers: bool = False
-    prefetch_factor: Optional[int] = None
+    prefetch_factor: int | None = None
     cudnn_benchmark: bool = False
     matmul_precision: str = "highest"
     channels_last: bool = False
@@ -141,13 +141,13 @@ class HardwareConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = "~/.cache/medseg"
-    output_dir: Optional[str] = None
+    output_dir: str | None = None
 
 
 @dataclass
 class PredictConfig:
-    input: Optional[str] = None
-    output_dir: Optional[str] = None
+    input: str | None = None
+    output_dir: str | None = None
     threshold: float = 0.5
     viz: bool = False
     save: bool = True
@@ -158,7 +158,7 @@ class PredictConfig:
 
 @dataclass
 class EvaluateConfig:
-    input: Optional[str] = None
+    input: str | None = None
     hd95: bool = True
 
 
@@ -172,7 +172,7 @@ class BenchmarkConfig:
 class MedsegConfig:
     mode: str = "train"
     seed: int = 42
-    ckpt: Optional[str] = None
+    ckpt: str | None = None
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
     print_config: bool = True

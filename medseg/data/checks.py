@@ -23,9 +23,7 @@ def check_volumes(volumes: Any, num_classes: int | None, what: str) -> int:
             continue
         image, label = item["image"], item["label"]
         if tuple(image.shape[1:]) != tuple(label.shape[1:]):
-            problems.append(
-                f"{case}: image shape {tuple(image.shape[1:])} != label shape {tuple(label.shape[1:])}"
-            )
+            problems.append(f"{case}: image shape {tuple(image.shape[1:])} != label shape {tuple(label.shape[1:])}")
             continue
         if not torch.isfinite(image).all():
             problems.append(f"{case}: image has NaN/Inf voxels; clean the file or mask them")

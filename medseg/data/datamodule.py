@@ -32,9 +32,14 @@ class DatasetInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "in_channels": self.in_channels, "num_classes": self.num_classes, "class_names": self.class_names,
-            "dims": self.dims, "train_cases": len(self.train_cases), "val_cases": len(self.val_cases),
-            "train_items": self.n_train_items, "val_items": self.n_val_items,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "dims": self.dims,
+            "train_cases": len(self.train_cases),
+            "val_cases": len(self.val_cases),
+            "train_items": self.n_train_items,
+            "val_items": self.n_val_items,
         }
 
 
@@ -85,8 +90,12 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     train_tf, val_tf = item_transforms(data_cfg, train=True), item_transforms(data_cfg, train=False)
     if dims == 2:
         train_set = SliceDataset(
-            train_vols, int(data_cfg.slice_axis), train_tf, drop_empty=bool(data_cfg.drop_empty_slices),
-            foreground_ratio=data_cfg.foreground_slice_ratio, seed=int(cfg.seed),
+            train_vols,
+            int(data_cfg.slice_axis),
+            train_tf,
+            drop_empty=bool(data_cfg.drop_empty_slices),
+            foreground_ratio=data_cfg.foreground_slice_ratio,
+            seed=int(cfg.seed),
         )
         val_set = SliceDataset(val_vols, int(data_cfg.slice_axis), val_tf)
     else:
@@ -94,10 +103,14 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         val_set = VolumeDataset(val_vols, val_tf)
 
     info = DatasetInfo(
-        in_channels=in_channels, num_classes=int(num_classes),
-        class_names=class_names_for(data_cfg, caseset.class_names, int(num_classes)), dims=dims,
-        train_cases=[c["id"] for c in train_cases], val_cases=[c["id"] for c in val_cases],
-        n_train_items=len(train_set), n_val_items=len(val_set),
+        in_channels=in_channels,
+        num_classes=int(num_classes),
+        class_names=class_names_for(data_cfg, caseset.class_names, int(num_classes)),
+        dims=dims,
+        train_cases=[c["id"] for c in train_cases],
+        val_cases=[c["id"] for c in val_cases],
+        n_train_items=len(train_set),
+        n_val_items=len(val_set),
     )
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError("the train or validation split has no items; add cases or change data.val_percent")
@@ -107,8 +120,13 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     val_loader = make_loader(val_set, val_bs, False, loader_kwargs, cfg.seed, world_size, rank)
     log.info(
         "data: %s cases train / %s val, %s / %s %s, %d classes, %d input channel(s)",
-        len(train_cases), len(val_cases), len(train_set), len(val_set),
-        "slices" if dims == 2 else "volumes", info.num_classes, in_channels,
+        len(train_cases),
+        len(val_cases),
+        len(train_set),
+        len(val_set),
+        "slices" if dims == 2 else "volumes",
+        info.num_classes,
+        in_channels,
     )
     return DataBundle(train_loader, val_loader, info, train_set, val_set, val_vols, loader_kwargs)
 
@@ -119,8 +137,12 @@ def _patch_sampler(data_cfg: Any, train_tf: Any) -> Any:
     if not data_cfg.patch_size:
         return train_tf
     crop = T.RandCropByPosNegLabeld(
-        keys=["image", "label"], label_key="label", spatial_size=list(data_cfg.patch_size),
-        pos=float(data_cfg.pos_neg_ratio), neg=1.0, num_samples=int(data_cfg.samples_per_volume),
+        keys=["image", "label"],
+        label_key="label",
+        spatial_size=list(data_cfg.patch_size),
+        pos=float(data_cfg.pos_neg_ratio),
+        neg=1.0,
+        num_samples=int(data_cfg.samples_per_volume),
         allow_smaller=True,
     )
     return T.Compose([T.SpatialPadd(keys=["image", "label"], spatial_size=list(data_cfg.patch_size)), crop, train_tf])
@@ -137,8 +159,13 @@ def loader_settings(hw: Any) -> dict[str, Any]:
 
 
 def make_loader(
-    dataset: Any, batch_size: int, shuffle: bool, kwargs: dict[str, Any], seed: int,
-    world_size: int = 1, rank: int = 0,
+    dataset: Any,
+    batch_size: int,
+    shuffle: bool,
+    kwargs: dict[str, Any],
+    seed: int,
+    world_size: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
     """A loader whose shuffling and worker seeds come from its own generator (re-seeded per epoch)."""
     from monai.data import list_data_collate
@@ -151,6 +178,12 @@ def make_loader(
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=int(seed))
         shuffle = False
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
-        collate_fn=list_data_collate, drop_last=False, **kwargs,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        generator=generator,
+        collate_fn=list_data_collate,
+        drop_last=False,
+        **kwargs,
     )

@@ -34,15 +34,19 @@ class GuardedChain:
 
 
 def cached_volumes(cases: list[dict], chain: Any, data_cfg: Any, num_workers: int) -> Any:
-    from monai.data import CacheDataset, Dataset as MonaiDataset, PersistentDataset
+    from monai.data import CacheDataset, PersistentDataset
+    from monai.data import Dataset as MonaiDataset
 
     guarded = GuardedChain(chain)
     if data_cfg.cache_dir:
         return PersistentDataset(data=cases, transform=guarded, cache_dir=str(data_cfg.cache_dir))
     if data_cfg.cache_rate > 0:
         return CacheDataset(
-            data=cases, transform=guarded, cache_rate=float(data_cfg.cache_rate),
-            num_workers=max(1, num_workers), progress=False,
+            data=cases,
+            transform=guarded,
+            cache_rate=float(data_cfg.cache_rate),
+            num_workers=max(1, num_workers),
+            progress=False,
         )
     return MonaiDataset(data=cases, transform=guarded)
 
@@ -51,8 +55,13 @@ class SliceDataset(Dataset):
     """2D items: every slice along `axis` of each volume (a native 2D image is one slice)."""
 
     def __init__(
-        self, volumes: Any, axis: int, transform: Any, drop_empty: bool = False,
-        foreground_ratio: float | None = None, seed: int = 0,
+        self,
+        volumes: Any,
+        axis: int,
+        transform: Any,
+        drop_empty: bool = False,
+        foreground_ratio: float | None = None,
+        seed: int = 0,
     ) -> None:
         self.volumes, self.axis, self.transform = volumes, axis, transform
         self.index: list[tuple[int, int]] = []

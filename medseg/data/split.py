@@ -45,7 +45,7 @@ def _from_file(cases: list[dict[str, Any]], path: Path) -> tuple[list[dict], lis
         train_ids, val_ids = set(spec["train"]), set(spec["val"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(
-            f"data.split_file={path} cannot be read ({exc}); expected JSON {{\"train\": [...], \"val\": [...]}}"
+            f'data.split_file={path} cannot be read ({exc}); expected JSON {{"train": [...], "val": [...]}}'
         ) from exc
     known = {c["id"] for c in cases}
     unknown = sorted((train_ids | val_ids) - known)

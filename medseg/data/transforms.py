@@ -24,8 +24,13 @@ def intensity_transforms(intensity: Any, key: str = "image") -> list:
         "zscore": lambda: [T.NormalizeIntensityd(keys=key, nonzero=False, channel_wise=True)],
         "percentile": lambda: [
             T.ScaleIntensityRangePercentilesd(
-                keys=key, lower=intensity.percentiles[0], upper=intensity.percentiles[1],
-                b_min=0.0, b_max=1.0, clip=True, channel_wise=True,
+                keys=key,
+                lower=intensity.percentiles[0],
+                upper=intensity.percentiles[1],
+                b_min=0.0,
+                b_max=1.0,
+                clip=True,
+                channel_wise=True,
             )
         ],
         "ct": lambda: [
@@ -68,7 +73,6 @@ def volume_transforms(data_cfg: Any, with_label: bool = True) -> Any:
 
 def geometry_transforms(data_cfg: Any, keys: list[str], modes: list[str]) -> list:
     """In-plane scale or fixed size; for 2D-on-3D the slice axis keeps its length."""
-    from monai import transforms as T
 
     if data_cfg.image_size:
         size = list(data_cfg.image_size)
@@ -139,8 +143,12 @@ def item_transforms(data_cfg: Any, train: bool) -> Any:
         if aug.affine_prob > 0:
             chain.append(
                 T.RandAffined(
-                    keys=keys, prob=aug.affine_prob, rotate_range=aug.rotate_range, scale_range=aug.scale_range,
-                    mode=["bilinear", "nearest"], padding_mode="zeros",
+                    keys=keys,
+                    prob=aug.affine_prob,
+                    rotate_range=aug.rotate_range,
+                    scale_range=aug.scale_range,
+                    mode=["bilinear", "nearest"],
+                    padding_mode="zeros",
                 )
             )
         if aug.intensity_prob > 0:
@@ -163,7 +171,9 @@ def label_transforms(data_cfg: Any) -> Any:
     """Labels at their original resolution (for evaluation against predictions resized back)."""
     from monai import transforms as T
 
-    return T.Compose([
-        T.LoadImaged(keys="label", image_only=True, ensure_channel_first=True),
-        T.EnsureTyped(keys="label", dtype=_float32(), track_meta=False),
-    ])
+    return T.Compose(
+        [
+            T.LoadImaged(keys="label", image_only=True, ensure_channel_first=True),
+            T.EnsureTyped(keys="label", dtype=_float32(), track_meta=False),
+        ]
+    )

@@ -34,8 +34,14 @@ class Callback:
 class ModelCheckpoint(Callback):
     """last.pt every epoch, best.pt when the monitored metric improves, epoch_{N}.pt every N epochs."""
 
-    def __init__(self, folder: str | Path, save_last: bool = True, save_best: bool = True,
-                 every_n_epochs: int = 0, keep_last: int = 3) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        save_last: bool = True,
+        save_best: bool = True,
+        every_n_epochs: int = 0,
+        keep_last: int = 3,
+    ) -> None:
         self.folder = Path(folder)
         self.save_last, self.save_best = save_last, save_best
         self.every_n_epochs, self.keep_last = int(every_n_epochs), int(keep_last)
@@ -54,7 +60,9 @@ class ModelCheckpoint(Callback):
 
     def _prune(self) -> None:
         numbered = sorted(
-            (int(m.group(1)), p) for p in self.folder.glob("epoch_*.pt") if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))
+            (int(m.group(1)), p)
+            for p in self.folder.glob("epoch_*.pt")
+            if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))
         )
         for _, path in numbered[: max(0, len(numbered) - self.keep_last)]:
             path.unlink(missing_ok=True)

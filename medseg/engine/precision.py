@@ -21,7 +21,9 @@ class Precision:
     use_scaler: bool
 
     def autocast(self, device: torch.device) -> torch.autocast:
-        return torch.autocast(device_type=device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+        return torch.autocast(
+            device_type=device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        )
 
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:

@@ -231,7 +231,10 @@ class Trainer:
             self._rebuild_loader = True
             log.warning(
                 "out of memory: micro-batch %d -> %d, accumulation -> %d (same effective batch) from the next epoch;"
-                " this batch goes through in halves", n, self.micro_batch_size, self.accumulate,
+                " this batch goes through in halves",
+                n,
+                self.micro_batch_size,
+                self.accumulate,
             )
         first = self._forward_backward(images[:half], labels[:half], weight * half / n, counter)
         second = self._forward_backward(images[half:], labels[half:], weight * (n - half) / n, counter)
@@ -264,7 +267,9 @@ class Trainer:
     def _nonfinite_step(self) -> None:
         self.nonfinite_in_a_row += 1
         log.warning(
-            "non-finite loss or gradient at epoch %d: step skipped (%d in a row)", self.epoch + 1, self.nonfinite_in_a_row
+            "non-finite loss or gradient at epoch %d: step skipped (%d in a row)",
+            self.epoch + 1,
+            self.nonfinite_in_a_row,
         )
         if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
             kept = f"; the last good checkpoint is {self.last_saved}" if self.last_saved else ""
@@ -276,14 +281,22 @@ class Trainer:
     # ------------------------------------------------------------------ records and logging
     def _epoch_record(self, train: dict[str, Any], val: dict[str, Any], seconds: float) -> dict[str, Any]:
         record: dict[str, Any] = {
-            "epoch": self.epoch, "step": self.global_step, "lr": self.schedule.lr(),
-            "train/loss": train["loss"], "train/dice": nan_to_none(train["dice"]), "train/iou": nan_to_none(train["iou"]),
-            "train/grad_norm": train["grad_norm"], "train/samples_per_s": train["samples_per_s"],
-            "time/epoch_s": seconds, "micro_batch": self.micro_batch_size, "accumulate": self.accumulate,
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "lr": self.schedule.lr(),
+            "train/loss": train["loss"],
+            "train/dice": nan_to_none(train["dice"]),
+            "train/iou": nan_to_none(train["iou"]),
+            "train/grad_norm": train["grad_norm"],
+            "train/samples_per_s": train["samples_per_s"],
+            "time/epoch_s": seconds,
+            "micro_batch": self.micro_batch_size,
+            "accumulate": self.accumulate,
         }
         if val:
-            record.update({"val/loss": val["loss"], "val/dice": nan_to_none(val["dice"]),
-                           "val/iou": nan_to_none(val["iou"])})
+            record.update(
+                {"val/loss": val["loss"], "val/dice": nan_to_none(val["dice"]), "val/iou": nan_to_none(val["iou"])}
+            )
             for name, d, j in zip(self.class_names, val["dice_per_class"], val["iou_per_class"]):
                 record[f"val/dice/{name}"] = nan_to_none(d)
                 record[f"val/iou/{name}"] = nan_to_none(j)
@@ -314,8 +327,15 @@ class Trainer:
         val = f" val/loss {r['val/loss']:.4f} val/dice {_fmt(r['val/dice'])}" if "val/loss" in r else ""
         log.info(
             "epoch %d/%d: train/loss %.4f train/dice %s%s lr %.2e grad_norm %.3g %.1f samples/s (%.1fs)",
-            r["epoch"], self.max_epochs, r["train/loss"], _fmt(r["train/dice"]), val, r["lr"],
-            r["train/grad_norm"], r["train/samples_per_s"], r["time/epoch_s"],
+            r["epoch"],
+            self.max_epochs,
+            r["train/loss"],
+            _fmt(r["train/dice"]),
+            val,
+            r["lr"],
+            r["train/grad_norm"],
+            r["train/samples_per_s"],
+            r["time/epoch_s"],
         )
         if r.get("val/bottom5"):
             log.info("  top classes: %s | bottom: %s", _pairs(r["val/top5"]), _pairs(r["val/bottom5"]))

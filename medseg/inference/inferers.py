@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 
-def make_inferer(data_cfg: Any, overlap: float = 0.25, sw_batch_size: int = 4) -> Callable[[torch.Tensor, nn.Module], torch.Tensor]:
+def make_inferer(
+    data_cfg: Any, overlap: float = 0.25, sw_batch_size: int = 4
+) -> Callable[[torch.Tensor, nn.Module], torch.Tensor]:
     if int(data_cfg.dims) == 3 and data_cfg.patch_size:
         from monai.inferers import sliding_window_inference
 

@@ -20,8 +20,14 @@ from medseg.engine.precision import Precision
 
 class VolumePredictor:
     def __init__(
-        self, model: nn.Module, data_cfg: Any, device: torch.device, precision: Precision,
-        tta: bool = False, overlap: float = 0.25, batch_size: int = 4,
+        self,
+        model: nn.Module,
+        data_cfg: Any,
+        device: torch.device,
+        precision: Precision,
+        tta: bool = False,
+        overlap: float = 0.25,
+        batch_size: int = 4,
     ) -> None:
         self.model, self.device, self.precision = model.eval(), device, precision
         self.dims, self.axis = int(data_cfg.dims), int(data_cfg.slice_axis)
@@ -38,7 +44,9 @@ class VolumePredictor:
         if spatial == 2:
             return self._forward_batched(image[None])[0]
         slices = image.movedim(self.axis + 1, 0)  # (S, C, a, b)
-        outs = [self._forward_batched(slices[i : i + self.batch_size]) for i in range(0, slices.shape[0], self.batch_size)]
+        outs = [
+            self._forward_batched(slices[i : i + self.batch_size]) for i in range(0, slices.shape[0], self.batch_size)
+        ]
         return torch.cat(outs, 0).movedim(0, self.axis + 1)  # (K, ...) with the slice axis restored
 
     def _forward_batched(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +73,9 @@ class VolumePredictor:
         if self.dims == 3 and self.patch:
             from monai.inferers import sliding_window_inference
 
-            return sliding_window_inference(x, self.patch, self.batch_size, self.model, overlap=self.overlap, mode="gaussian")
+            return sliding_window_inference(
+                x, self.patch, self.batch_size, self.model, overlap=self.overlap, mode="gaussian"
+            )
         return self.model(x)
 
 

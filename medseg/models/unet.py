@@ -32,8 +32,12 @@ class DoubleConv(nn.Sequential):
     def __init__(self, dims: int, c_in: int, c_out: int, norm: str, dropout: float = 0.0) -> None:
         conv = _conv(dims)
         layers: list[nn.Module] = [
-            conv(c_in, c_out, 3, padding=1, bias=False), _norm(norm, dims, c_out), nn.ReLU(inplace=True),
-            conv(c_out, c_out, 3, padding=1, bias=False), _norm(norm, dims, c_out), nn.ReLU(inplace=True),
+            conv(c_in, c_out, 3, padding=1, bias=False),
+            _norm(norm, dims, c_out),
+            nn.ReLU(inplace=True),
+            conv(c_out, c_out, 3, padding=1, bias=False),
+            _norm(norm, dims, c_out),
+            nn.ReLU(inplace=True),
         ]
         if dropout > 0:
             layers.append((nn.Dropout2d if dims == 2 else nn.Dropout3d)(dropout))
@@ -67,9 +71,15 @@ class Up(nn.Module):
 
 class UNet(nn.Module):
     def __init__(
-        self, in_channels: int, out_channels: int, spatial_dims: int = 2,
-        channels: list[int] | tuple[int, ...] = (16, 32, 64, 128), bilinear: bool = False,
-        norm: str = "instance", dropout: float = 0.0, grad_checkpointing: bool = False,
+        self,
+        in_channels: int,
+        out_channels: int,
+        spatial_dims: int = 2,
+        channels: list[int] | tuple[int, ...] = (16, 32, 64, 128),
+        bilinear: bool = False,
+        norm: str = "instance",
+        dropout: float = 0.0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if len(channels) < 2:

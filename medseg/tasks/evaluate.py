@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.data.datasets import plain
 from medseg.data.layouts import read_cases
 from medseg.data.split import split_cases
-from medseg.data.datasets import plain
 from medseg.data.transforms import label_transforms, volume_transforms
 from medseg.engine.precision import resolve_precision
 from medseg.inference.predictor import VolumePredictor, resize_probabilities, to_labels
@@ -73,8 +73,13 @@ def run_evaluate(cfg: DictConfig) -> float | None:
         _, cases = split_cases(read_cases(data_cfg, str(tcfg.paths.cache_dir)).cases, data_cfg, int(tcfg.seed))
         source = "validation split"
     predictor = VolumePredictor(
-        restored.model, data_cfg, device, resolve_precision(tcfg.trainer.precision, device),
-        tta=bool(cfg.predict.tta), overlap=float(cfg.predict.overlap), batch_size=int(cfg.predict.batch_size),
+        restored.model,
+        data_cfg,
+        device,
+        resolve_precision(tcfg.trainer.precision, device),
+        tta=bool(cfg.predict.tta),
+        overlap=float(cfg.predict.overlap),
+        batch_size=int(cfg.predict.batch_size),
     )
     image_chain, label_chain = volume_transforms(data_cfg, with_label=False), label_transforms(data_cfg)
     names, k = restored.class_names, restored.num_classes
@@ -89,8 +94,9 @@ def run_evaluate(cfg: DictConfig) -> float | None:
             rows.append({"case": case["id"], "class": names[c], **scores})
         if cfg.predict.viz:
             raw = image[0].numpy() if image.shape[1:] == truth.shape else truth.numpy() * 0.0
-            write_overlay(out / "overlays" / f"{case['id']}.png", raw, pred.numpy(), truth.numpy(),
-                          int(data_cfg.slice_axis))
+            write_overlay(
+                out / "overlays" / f"{case['id']}.png", raw, pred.numpy(), truth.numpy(), int(data_cfg.slice_axis)
+            )
     summary = summarise(rows, names, source, len(cases))
     _write_csv(out / "metrics.csv", rows)
     write_json(out / "summary.json", summary)
@@ -106,12 +112,14 @@ def summarise(rows: list[dict[str, Any]], names: list[str], source: str, n_cases
     dice_values = [v["dice"] for v in per_class.values() if v["dice"] is not None]
     ranked = sorted(((n, v["dice"]) for n, v in per_class.items() if v["dice"] is not None), key=lambda p: -p[1])
     return {
-        "source": source, "cases": n_cases,
+        "source": source,
+        "cases": n_cases,
         "mean_dice": sum(dice_values) / len(dice_values) if dice_values else None,
         "mean_iou": _nanmean([v["iou"] for v in per_class.values()]),
         "mean_hd95": _nanmean([v["hd95"] for v in per_class.values()]),
         "per_class": per_class,
-        "best_classes": ranked[:5], "worst_classes": ranked[::-1][:5],
+        "best_classes": ranked[:5],
+        "worst_classes": ranked[::-1][:5],
     }
 
 

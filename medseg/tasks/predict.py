@@ -16,7 +16,13 @@ from medseg.data.transforms import volume_transforms
 from medseg.engine.precision import resolve_precision
 from medseg.errors import DataError, MedsegError
 from medseg.inference.image_io import (
-    collect_inputs, overlay_png, read_geometry, representative_slice, save_mask, stem_of, suffix_of,
+    collect_inputs,
+    overlay_png,
+    read_geometry,
+    representative_slice,
+    save_mask,
+    stem_of,
+    suffix_of,
 )
 from medseg.inference.predictor import VolumePredictor, resize_probabilities, to_labels
 from medseg.runtime import run_dir, select_device
@@ -34,8 +40,13 @@ def run_predict(cfg: DictConfig) -> None:
     _ensure_writable(out_dir)
     data_cfg = restored.cfg.data
     predictor = VolumePredictor(
-        restored.model, data_cfg, device, resolve_precision(restored.cfg.trainer.precision, device),
-        tta=bool(pcfg.tta), overlap=float(pcfg.overlap), batch_size=int(pcfg.batch_size),
+        restored.model,
+        data_cfg,
+        device,
+        resolve_precision(restored.cfg.trainer.precision, device),
+        tta=bool(pcfg.tta),
+        overlap=float(pcfg.overlap),
+        batch_size=int(pcfg.batch_size),
     )
     chain = volume_transforms(data_cfg, with_label=False)
     values = restored.ckpt.get("mask_values")
@@ -89,7 +100,9 @@ def _ensure_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MedsegError(f"predict.output_dir={folder} cannot be created ({exc.strerror}); choose another folder") from exc
+        raise MedsegError(
+            f"predict.output_dir={folder} cannot be created ({exc.strerror}); choose another folder"
+        ) from exc
     if not os.access(folder, os.W_OK):
         raise MedsegError(f"predict.output_dir={folder} is not writable; choose another folder")
 

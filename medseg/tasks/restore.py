@@ -38,4 +38,6 @@ def restore_model(path: str | None, device: torch.device) -> Restored:
         raise CheckpointError(f"checkpoint {path} does not match its own config ({exc}); it may be damaged") from exc
     model.to(device).eval()
     log.info("restored %s (epoch %s, %s=%s)", path, ckpt.get("epoch"), ckpt.get("monitor"), ckpt.get("best_score"))
-    return Restored(model, train_cfg, list(ckpt["class_names"]), int(info["in_channels"]), int(info["num_classes"]), ckpt)
+    return Restored(
+        model, train_cfg, list(ckpt["class_names"]), int(info["in_channels"]), int(info["num_classes"]), ckpt
+    )

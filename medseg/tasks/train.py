@@ -63,7 +63,11 @@ def run_train(cfg: DictConfig) -> float | None:
     precision = resolve_precision(tcfg.precision, device)
     log.info(
         "device %s, precision %s, micro-batch %d x accumulation %d = effective batch %d",
-        device, precision.name, cfg.data.batch_size, accumulate, cfg.data.batch_size * accumulate,
+        device,
+        precision.name,
+        cfg.data.batch_size,
+        accumulate,
+        cfg.data.batch_size * accumulate,
     )
 
     # 3. callbacks and trackers
@@ -95,17 +99,35 @@ def run_train(cfg: DictConfig) -> float | None:
         return make_loader(data.train_set, batch_size, True, data.loader_kwargs, int(cfg.seed))
 
     trainer = Trainer(
-        train_model, loss_fn, optimizer, schedule, data.train_loader, data.val_loader,
-        device=device, precision=precision, num_classes=info.num_classes, class_names=info.class_names,
-        max_epochs=int(tcfg.max_epochs), accumulate=accumulate, clip_val=tcfg.gradient_clip_val,
-        clip_algorithm=str(tcfg.gradient_clip_algorithm), monitor=str(tcfg.monitor),
-        monitor_mode=str(tcfg.monitor_mode), val_every_n_epochs=int(tcfg.val_every_n_epochs),
-        log_every_n_steps=int(tcfg.log_every_n_steps), limit_train_batches=tcfg.limit_train_batches,
-        limit_val_batches=tcfg.limit_val_batches, max_nonfinite_steps=int(tcfg.max_nonfinite_steps),
-        oom_recovery=bool(tcfg.oom_recovery), seed=int(cfg.seed), callbacks=callbacks,
-        inferer=make_inferer(cfg.data, overlap=float(cfg.predict.overlap)), loader_factory=loader_factory,
+        train_model,
+        loss_fn,
+        optimizer,
+        schedule,
+        data.train_loader,
+        data.val_loader,
+        device=device,
+        precision=precision,
+        num_classes=info.num_classes,
+        class_names=info.class_names,
+        max_epochs=int(tcfg.max_epochs),
+        accumulate=accumulate,
+        clip_val=tcfg.gradient_clip_val,
+        clip_algorithm=str(tcfg.gradient_clip_algorithm),
+        monitor=str(tcfg.monitor),
+        monitor_mode=str(tcfg.monitor_mode),
+        val_every_n_epochs=int(tcfg.val_every_n_epochs),
+        log_every_n_steps=int(tcfg.log_every_n_steps),
+        limit_train_batches=tcfg.limit_train_batches,
+        limit_val_batches=tcfg.limit_val_batches,
+        max_nonfinite_steps=int(tcfg.max_nonfinite_steps),
+        oom_recovery=bool(tcfg.oom_recovery),
+        seed=int(cfg.seed),
+        callbacks=callbacks,
+        inferer=make_inferer(cfg.data, overlap=float(cfg.predict.overlap)),
+        loader_factory=loader_factory,
         channels_last=bool(cfg.hardware.channels_last) and info.dims == 2,
-        progress_bar=bool(tcfg.progress_bar), extra_state=extra_state,
+        progress_bar=bool(tcfg.progress_bar),
+        extra_state=extra_state,
     )
     if ckpt is not None and tcfg.resume:
         trainer.restore(ckpt)

@@ -1,0 +1,74 @@
+"""Shared fixtures: in-process config composition and tiny synthetic settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small enough to train an epoch in a second or two on a 2-core CPU.
+TINY = [
+    "data.synthetic.num_cases=6",
+    "data.synthetic.shape=[32,32,8]",
+    "data.batch_size=4",
+    "data.val_percent=34",
+    "trainer.max_epochs=1",
+    "trainer.progress_bar=false",
+    "trainer.accumulate_grad_batches=1",
+    "logger=none",
+    "print_config=false",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("medseg_cache")
+
+
+@pytest.fixture
+def compose(cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose(*overrides, tiny=True) -> the config run.py would see, with its run folder in tmp_path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from medseg.config import register_configs
+
+    register_configs()
+
+    def _compose(*overrides: str, tiny: bool = True, output_dir: Path | None = None) -> DictConfig:
+        base = list(TINY) if tiny else ["logger=none", "print_config=false"]
+        base += [f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir or tmp_path / 'run'}"]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=base + list(overrides))
+
+    return _compose
+
+
+@pytest.fixture
+def run_cli(cache_dir: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python run.py ...` in a subprocess with run folders under tmp_path."""
+
+    def _run(*args: str, check: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MEDSEG_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+        env.pop("HYDRA_FULL_ERROR", None)
+        cmd = [
+            sys.executable,
+            str(ROOT / "run.py"),
+            f"hydra.run.dir={tmp_path}/run",
+            f"hydra.sweep.dir={tmp_path}/multirun",
+            *args,
+        ]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"run.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    return _run
