@@ -100,7 +100,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.nonfinite_in_a_row = 0
         self.micro_batch_size = int(getattr(train_loader, "batch_size", 0) or 0)
-        self._rebuild_loader = False
+        self._pending_micro_batch = 0  # set after an out-of-memory step, applied at the next epoch
         self.last_saved: Path | None = None
 
     # ------------------------------------------------------------------ the loop
@@ -124,9 +124,10 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         self.model.train()
-        if self._rebuild_loader and self.loader_factory is not None:
+        if self._pending_micro_batch and self.loader_factory is not None:  # after an out-of-memory step
+            self.accumulate *= max(1, self.micro_batch_size // self._pending_micro_batch)
+            self.micro_batch_size, self._pending_micro_batch = self._pending_micro_batch, 0
             self.train_loader = self.loader_factory(self.micro_batch_size)
-            self._rebuild_loader = False
         self._seed_epoch(self.epoch)
         n_batches = _limited_len(self.train_loader, self.limit_train_batches)
         group_sizes = self._planned_group_sizes(n_batches)
@@ -225,16 +226,15 @@ class Trainer:
         if n < 2:
             raise TrainingError("out of memory with a micro-batch of 1; lower data.scale or choose a smaller model")
         half = n // 2
-        if self.micro_batch_size and self.micro_batch_size > half:
-            self.micro_batch_size = max(1, self.micro_batch_size // 2)
-            self.accumulate *= 2
-            self._rebuild_loader = True
+        current = self._pending_micro_batch or self.micro_batch_size
+        if self.loader_factory is not None and current > half:
+            self._pending_micro_batch = max(1, current // 2)
             log.warning(
-                "out of memory: micro-batch %d -> %d, accumulation -> %d (same effective batch) from the next epoch;"
-                " this batch goes through in halves",
-                n,
-                self.micro_batch_size,
-                self.accumulate,
+                "out of memory: micro-batch %d -> %d and accumulation x%d (same effective batch) from the next"
+                " epoch; this batch goes through in halves",
+                current,
+                self._pending_micro_batch,
+                self.micro_batch_size // self._pending_micro_batch,
             )
         first = self._forward_backward(images[:half], labels[:half], weight * half / n, counter)
         second = self._forward_backward(images[half:], labels[half:], weight * (n - half) / n, counter)
@@ -393,9 +393,11 @@ class Trainer:
         self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
         self.best_score, self.best_epoch = ckpt.get("best_score"), ckpt.get("best_epoch")
         self.history = list(ckpt.get("history", []))
-        if ckpt.get("micro_batch_size") and int(ckpt["micro_batch_size"]) != self.micro_batch_size:
-            self.micro_batch_size, self._rebuild_loader = int(ckpt["micro_batch_size"]), True
-        self.accumulate = int(ckpt.get("accumulate", self.accumulate))
+        saved_micro = int(ckpt.get("micro_batch_size") or 0)
+        if saved_micro and saved_micro < self.micro_batch_size and self.loader_factory is not None:
+            self._pending_micro_batch = saved_micro  # an earlier out-of-memory recovery carries over
+        else:
+            self.accumulate = int(ckpt.get("accumulate", self.accumulate))
         states = ckpt.get("callbacks", {})
         for cb in self.callbacks:
             if type(cb).__name__ in states:

@@ -1,0 +1,81 @@
+"""LR schedules: each scheduler steps at its cadence; warm-up is linear; run-length keys are filled."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from medseg.engine.schedulers import LRSchedule
+from tests.conftest import CONF
+
+
+def schedule(name: str, steps_per_epoch: int = 5, max_epochs: int = 4, **extra) -> LRSchedule:
+    cfg = OmegaConf.load(CONF / "scheduler" / f"{name}.yaml")
+    cfg = OmegaConf.merge(
+        {"trainer": {"max_epochs": max_epochs, "monitor_mode": "max"}, "optimizer": {"lr": 0.1}},
+        {"scheduler": cfg}, {"scheduler": extra},
+    ).scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return LRSchedule(cfg, opt, steps_per_epoch, max_epochs)
+
+
+def run(s: LRSchedule, epochs: int, steps: int, metric=lambda e: 0.5) -> list[float]:
+    lrs = []
+    for e in range(epochs):
+        for _ in range(steps):
+            s.optimizer.step()
+            s.after_optimizer_step()
+        s.after_epoch(metric(e))
+        lrs.append(s.lr())
+    return lrs
+
+
+def test_cosine_steps_per_epoch_to_eta_min():
+    lrs = run(schedule("cosine"), 4, 5)
+    assert math.isclose(lrs[-1], 1e-6, rel_tol=1e-3)
+    assert math.isclose(lrs[1], 1e-6 + (0.1 - 1e-6) * 0.5, rel_tol=1e-6)  # half way after 2 of 4 epochs
+
+
+def test_onecycle_steps_every_optimizer_step_over_the_whole_run():
+    s = schedule("onecycle")
+    assert s.interval == "step" and s.scheduler.total_steps == 20
+    used = []
+    for _ in range(20):
+        used.append(s.lr())
+        s.optimizer.step()
+        s.after_optimizer_step()
+    assert max(used) == pytest.approx(0.1) and used.index(max(used)) == 6  # peak at pct_start 0.3
+    assert used[0] == pytest.approx(0.1 / 25) and used[-1] == pytest.approx(0.1 / 25 / 1e4)
+
+
+def test_plateau_reduces_on_the_monitored_metric():
+    s = schedule("plateau", patience=1)
+    lrs = run(s, 4, 1, metric=lambda e: 0.5)  # no improvement after the first epoch
+    assert lrs[0] == 0.1 and lrs[-1] < 0.1
+
+
+def test_linear_warmup_then_schedule():
+    s = schedule("none", warmup_epochs=1, steps_per_epoch=4)
+    seen = []
+    for _ in range(6):
+        seen.append(s.lr())
+        s.after_optimizer_step()
+    assert seen[0] == pytest.approx(0.001) and seen[0] < seen[1] < seen[2] < seen[3]
+    assert seen[4] == pytest.approx(0.1) and seen[5] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["cosine_restarts", "poly"])
+def test_other_schedulers_decay(name):
+    lrs = run(schedule(name), 4, 2)
+    assert lrs[-1] < 0.1
+
+
+def test_scheduler_state_roundtrip():
+    a = schedule("onecycle")
+    run(a, 2, 5)
+    b = schedule("onecycle")
+    b.load_state_dict(a.state_dict())
+    assert b.steps_done == a.steps_done and b.scheduler.last_epoch == a.scheduler.last_epoch
