@@ -52,7 +52,7 @@ def test_onecycle_steps_every_optimizer_step_over_the_whole_run():
 
 
 def test_plateau_reduces_on_the_monitored_metric():
-    s = schedule("plateau", patience=1)
+    s = schedule("plateau", params={"patience": 1})
     lrs = run(s, 4, 1, metric=lambda e: 0.5)  # no improvement after the first epoch
     assert lrs[0] == 0.1 and lrs[-1] < 0.1
 
