@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from tests.conftest import CONF
 
@@ -29,10 +29,22 @@ def test_defaults_and_contract_keys(compose):
         assert key in cfg
     # the user-facing contract of ARCHITECTURE.md
     for key in (
-        "trainer.max_epochs", "data.batch_size", "trainer.accumulate_grad_batches", "optimizer.lr",
-        "trainer.resume", "data.scale", "data.val_percent", "data.num_classes", "trainer.precision",
-        "model.bilinear", "data.root", "predict.input", "predict.output_dir", "predict.threshold",
-        "predict.viz", "predict.save",
+        "trainer.max_epochs",
+        "data.batch_size",
+        "trainer.accumulate_grad_batches",
+        "optimizer.lr",
+        "trainer.resume",
+        "data.scale",
+        "data.val_percent",
+        "data.num_classes",
+        "trainer.precision",
+        "model.bilinear",
+        "data.root",
+        "predict.input",
+        "predict.output_dir",
+        "predict.threshold",
+        "predict.viz",
+        "predict.save",
     ):
         node, _, leaf = key.rpartition(".")
         assert leaf in OmegaConf.select(cfg, node), key

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 TINY_CLI = [
-    "data.synthetic.num_cases=6", "data.synthetic.num_classes=2", "data.synthetic.shape=[32,32,8]", "data.batch_size=4", "data.val_percent=34",
-    "trainer.max_epochs=4", "trainer.progress_bar=false", "trainer.accumulate_grad_batches=1", "logger=none",
+    "data.synthetic.num_cases=6",
+    "data.synthetic.num_classes=2",
+    "data.synthetic.shape=[32,32,8]",
+    "data.batch_size=4",
+    "data.val_percent=34",
+    "trainer.max_epochs=4",
+    "trainer.progress_bar=false",
+    "trainer.accumulate_grad_batches=1",
+    "logger=none",
     "optimizer.lr=3e-3",
 ]
 
@@ -47,8 +54,15 @@ def test_train_evaluate_predict(run_cli, tmp_path, cache_dir):
     for p in images:
         (src / p.name).write_bytes(p.read_bytes())
     pred_dir = tmp_path / "pred"
-    run_cli("mode=predict", f"ckpt={ckpt}", f"predict.input={src}", f"predict.output_dir={pred_dir}",
-            "predict.viz=true", f"hydra.run.dir={tmp_path}/predict_run", check=True)
+    run_cli(
+        "mode=predict",
+        f"ckpt={ckpt}",
+        f"predict.input={src}",
+        f"predict.output_dir={pred_dir}",
+        "predict.viz=true",
+        f"hydra.run.dir={tmp_path}/predict_run",
+        check=True,
+    )
     for p in images:
         out = nib.load(pred_dir / p.name)
         inp = nib.load(p)

@@ -16,7 +16,8 @@ def schedule(name: str, steps_per_epoch: int = 5, max_epochs: int = 4, **extra) 
     cfg = OmegaConf.load(CONF / "scheduler" / f"{name}.yaml")
     cfg = OmegaConf.merge(
         {"trainer": {"max_epochs": max_epochs, "monitor_mode": "max"}, "optimizer": {"lr": 0.1}},
-        {"scheduler": cfg}, {"scheduler": extra},
+        {"scheduler": cfg},
+        {"scheduler": extra},
     ).scheduler
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     return LRSchedule(cfg, opt, steps_per_epoch, max_epochs)

@@ -27,22 +27,59 @@ def load(path):
 # ---------------------------------------------------------------- full runs through run_train
 def test_train_writes_run_files_and_checkpoint_contents(compose, tmp_path):
     out = tmp_path / "run"
-    best = run_train(compose("trainer.max_epochs=2", "trainer.checkpoint.every_n_epochs=1",
-                             "trainer.checkpoint.keep_last=1", output_dir=out))
-    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/epoch_2.pt", "history.json",
-                 "history.png", "label_map.json"):
+    best = run_train(
+        compose(
+            "trainer.max_epochs=2",
+            "trainer.checkpoint.every_n_epochs=1",
+            "trainer.checkpoint.keep_last=1",
+            output_dir=out,
+        )
+    )
+    for name in (
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "checkpoints/epoch_2.pt",
+        "history.json",
+        "history.png",
+        "label_map.json",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "checkpoints/epoch_1.pt").exists()  # keep_last=1
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
-    for key in ("train/loss", "val/loss", "train/dice", "val/dice", "val/iou", "val/dice/disc", "gap/loss",
-                "gap/dice", "overfit/score", "lr", "train/grad_norm", "time/epoch_s", "train/samples_per_s",
-                "val/top5", "val/bottom5"):
+    for key in (
+        "train/loss",
+        "val/loss",
+        "train/dice",
+        "val/dice",
+        "val/iou",
+        "val/dice/disc",
+        "gap/loss",
+        "gap/dice",
+        "overfit/score",
+        "lr",
+        "train/grad_norm",
+        "time/epoch_s",
+        "train/samples_per_s",
+        "val/top5",
+        "val/bottom5",
+    ):
         assert key in history[-1], key
     assert best == max(r["val/dice"] for r in history)
     ckpt = load(out / "checkpoints/last.pt")
-    for key in ("model", "optimizer", "schedule", "scaler", "epoch", "global_step", "best_score", "rng",
-                "config_yaml", "class_names", "versions"):
+    for key in (
+        "model",
+        "optimizer",
+        "schedule",
+        "scaler",
+        "epoch",
+        "global_step",
+        "best_score",
+        "rng",
+        "config_yaml",
+        "class_names",
+        "versions",
+    ):
         assert key in ckpt, key
     assert ckpt["epoch"] == 2 and ckpt["class_names"] == ["background", "disc", "square", "ring"]
     assert json.loads((out / "label_map.json").read_text())["1"] == "disc"
@@ -114,10 +151,21 @@ def make_trainer(batch: int, accumulate: int, n: int = 10, loss_fn=None, callbac
     val = DataLoader(Items(4, seed=1), batch_size=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return Trainer(
-        model, loss_fn or DiceCELoss(to_onehot_y=True, softmax=True), optimizer, LRSchedule(None, optimizer, 1, 1),
-        loader, val, device=CPU, precision=resolve_precision("32", CPU), num_classes=3,
-        class_names=["bg", "a", "b"], max_epochs=kwargs.pop("max_epochs", 1), accumulate=accumulate,
-        callbacks=callbacks, progress_bar=False, **kwargs,
+        model,
+        loss_fn or DiceCELoss(to_onehot_y=True, softmax=True),
+        optimizer,
+        LRSchedule(None, optimizer, 1, 1),
+        loader,
+        val,
+        device=CPU,
+        precision=resolve_precision("32", CPU),
+        num_classes=3,
+        class_names=["bg", "a", "b"],
+        max_epochs=kwargs.pop("max_epochs", 1),
+        accumulate=accumulate,
+        callbacks=callbacks,
+        progress_bar=False,
+        **kwargs,
     )
 
 
@@ -143,8 +191,9 @@ def test_oom_in_a_step_halves_micro_batch_and_keeps_effective_batch(caplog):
         return forward(x)
 
     trainer.model.forward = limited
-    trainer.loader_factory = lambda bs: DataLoader(Items(8), batch_size=bs, shuffle=True,
-                                                   generator=torch.Generator().manual_seed(0))
+    trainer.loader_factory = lambda bs: DataLoader(
+        Items(8), batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     with caplog.at_level(logging.WARNING):
         trainer.fit()
     assert "out of memory" in caplog.text
@@ -183,8 +232,15 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, caplog):
             super().on_epoch_end(trainer, record)
             state["poison"] = True
 
-    trainer = make_trainer(batch=2, accumulate=1, n=10, loss_fn=loss_fn, max_epochs=3, max_nonfinite_steps=3,
-                           callbacks=[PoisonAfterFirstEpoch(tmp_path)])
+    trainer = make_trainer(
+        batch=2,
+        accumulate=1,
+        n=10,
+        loss_fn=loss_fn,
+        max_epochs=3,
+        max_nonfinite_steps=3,
+        callbacks=[PoisonAfterFirstEpoch(tmp_path)],
+    )
     trainer.extra_state = {}
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with caplog.at_level(logging.WARNING), pytest.raises(TrainingError, match="non-finite"):
