@@ -100,6 +100,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.nonfinite_in_a_row = 0
         self.micro_batch_size = int(getattr(train_loader, "batch_size", 0) or 0)
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pending_micro_batch = 0  # set after an out-of-memory step, applied at the next epoch
         self.last_saved: Path | None = None
 
@@ -210,6 +211,7 @@ class Trainer:
         loss = loss.detach().float()
         self._group_loss += loss * weight
         counter.update(logits.detach(), labels)
+        self._last_batch = (logits.detach(), labels)  # a reference only: read at logging intervals
         return loss
 
     def _recover_from_oom(
@@ -246,8 +248,12 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.clip_val is not None and self.clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, self.clip_val)
-        max_norm = self.clip_val if (self.clip_val is not None and self.clip_algorithm == "norm") else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=self.device)
+        if not params:
+            grad_norm = torch.zeros((), device=self.device)
+        elif self.clip_val is not None and self.clip_algorithm == "norm":
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_val)
+        else:  # measure only (clip_grad_norm_ would also rescale every gradient by 1)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         # One host sync per optimizer step: the only way to skip a non-finite update before it lands.
         finite_loss, finite_grad = torch.isfinite(torch.stack([self._group_loss, grad_norm.float()])).tolist()
         self._group_loss = torch.zeros((), device=self.device)
@@ -342,6 +348,10 @@ class Trainer:
 
     def _log_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
         metrics = {"batch/loss": float(loss), "batch/lr": self.schedule.lr()}
+        if self._last_batch is not None:
+            batch_counter = ConfusionCounter(self.num_classes, self.device)
+            batch_counter.update(*self._last_batch)
+            metrics["batch/dice"] = nan_to_none(foreground_mean(batch_counter.scores()["dice"]))
         if grad_norm is not None:
             metrics["batch/grad_norm"] = float(grad_norm)
         self._call("on_train_step", metrics)
