@@ -31,10 +31,17 @@ def _predict(cfg: DictConfig) -> Any:
     return run_predict(cfg)
 
 
+def _benchmark(cfg: DictConfig) -> Any:
+    from medseg.tasks.benchmark import run_benchmark
+
+    run_benchmark(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
     "predict": _predict,
+    "benchmark": _benchmark,
 }
 
 
