@@ -2,7 +2,7 @@
 
 Cases are the validation split of the checkpoint's own data (same seed, same split), or a labelled
 dataset given by evaluate.input in the training layout. Predictions are resized back to each
-label's original resolution before scoring. A class absent from both truth and prediction has no
+label's original resolution before scoring; HD95 is in mm for NIfTI (header spacing), pixels for 2D. A class absent from both truth and prediction has no
 score (empty in metrics.csv, left out of means); absent from truth but predicted scores 0.
 """
 
@@ -32,8 +32,10 @@ from medseg.tasks.restore import restore_model
 log = logging.getLogger(__name__)
 
 
-def class_scores(pred: torch.Tensor, truth: torch.Tensor, num_classes: int, hd95: bool) -> list[dict[str, float]]:
-    """Per class (1..K-1) Dice, IoU and optionally HD95 for one case; label maps (*spatial)."""
+def class_scores(
+    pred: torch.Tensor, truth: torch.Tensor, num_classes: int, hd95: bool, spacing: list[float] | None = None
+) -> list[dict[str, float]]:
+    """Per class (1..K-1) Dice, IoU and optionally HD95 (in mm when `spacing` is given) for one case."""
     import warnings
 
     from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
@@ -55,7 +57,9 @@ def class_scores(pred: torch.Tensor, truth: torch.Tensor, num_classes: int, hd95
         iou = float(compute_iou(p, t, include_background=True, ignore_empty=False)[0, 0])
         dist = math.nan
         if hd95 and has_p:
-            dist = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95)[0, 0])
+            dist = float(
+                compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)[0, 0]
+            )
         rows.append({"dice": dice, "iou": iou, "hd95": dist})
     return rows
 
@@ -90,7 +94,8 @@ def run_evaluate(cfg: DictConfig) -> float | None:
         truth = plain(label_chain({"label": case["label"]})["label"])[0].round().long()
         probs = resize_probabilities(predictor.probabilities(image), tuple(truth.shape))
         pred = to_labels(probs, None)
-        for c, scores in enumerate(class_scores(pred, truth, k, bool(cfg.evaluate.hd95)), start=1):
+        spacing = voxel_spacing(case["label"], truth.ndim)
+        for c, scores in enumerate(class_scores(pred, truth, k, bool(cfg.evaluate.hd95), spacing), start=1):
             rows.append({"case": case["id"], "class": names[c], **scores})
         if cfg.predict.viz:
             raw = image[0].numpy() if image.shape[1:] == truth.shape else truth.numpy() * 0.0
@@ -102,6 +107,16 @@ def run_evaluate(cfg: DictConfig) -> float | None:
     write_json(out / "summary.json", summary)
     _print_summary(summary)
     return summary["mean_dice"]
+
+
+def voxel_spacing(path: str, ndim: int) -> list[float] | None:
+    """Voxel size in mm from a NIfTI header (None for 2D images: distances in pixels)."""
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+
+    zooms = nib.load(str(path)).header.get_zooms()[:ndim]
+    return [float(z) for z in zooms] if len(zooms) == ndim else None
 
 
 def summarise(rows: list[dict[str, Any]], names: list[str], source: str, n_cases: int) -> dict[str, Any]:
