@@ -2,8 +2,9 @@
 
 Cases are the validation split of the checkpoint's own data (same seed, same split), or a labelled
 dataset given by evaluate.input in the training layout. Predictions are resized back to each
-label's original resolution before scoring; HD95 is in mm for NIfTI (header spacing), pixels for 2D. A class absent from both truth and prediction has no
-score (empty in metrics.csv, left out of means); absent from truth but predicted scores 0.
+label's original resolution before scoring; HD95 is in mm for NIfTI (header spacing), in pixels
+for 2D images. A class absent from both truth and prediction has no score (empty in metrics.csv,
+left out of means); absent from truth but predicted scores 0.
 """
 
 from __future__ import annotations
