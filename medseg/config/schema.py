@@ -76,6 +76,7 @@ class DataConfig:
     masks_dir: str = "masks"
     mask_suffix: str = ""
     colour_map: dict[str, int] | None = None
+    mask_values: list[int] | None = None
     structures: list[str] | None = None
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

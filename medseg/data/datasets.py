@@ -24,13 +24,40 @@ class GuardedChain:
         try:
             out = self.chain(dict(case))
         except Exception as exc:  # noqa: BLE001 - reported per case by the data check
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            return {"id": case["id"], "_error": f"cannot read: {reason[:200]}", "image_path": case.get("image")}
+            return {"id": case["id"], "_error": describe_failure(case, exc)}
         out["id"] = case["id"]
         out["image"] = plain(out["image"]).float()
         if "label" in out:
-            out["label"] = plain(out["label"]).round().to(torch.int16)
+            label = plain(out["label"])
+            if not torch.isfinite(label).all():
+                return {"id": case["id"], "_error": f"label has NaN/Inf values ({case.get('label')}); fix the mask"}
+            out["label"] = label.round().to(torch.int16)
         return out
+
+
+def describe_failure(case: dict, exc: Exception) -> str:
+    """'cannot read <file>: <reason>' naming the first file of the case that does not load."""
+    from medseg.data.checks import case_paths
+
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    culprit = _first_unreadable(case_paths(case))
+    if culprit is None:
+        return f"cannot be loaded ({reason[:200]}); image {case.get('image')}"
+    path, why = culprit
+    return f"cannot read {path} ({why[:160]}); replace the file or remove the case"
+
+
+def _first_unreadable(paths: list[str]) -> tuple[str, str] | None:
+    from monai.transforms import LoadImage
+
+    loader = LoadImage(image_only=True)
+    for path in paths:
+        try:
+            loader(path)
+        except Exception as exc:  # noqa: BLE001
+            text = str(exc).strip().splitlines()
+            return path, f"{type(exc).__name__}: {text[-1] if text else ''}"
+    return None
 
 
 def cached_volumes(cases: list[dict], chain: Any, data_cfg: Any, num_workers: int) -> Any:
@@ -110,10 +137,15 @@ def _rebalance(index: list, fg: list[bool], ratio: float, seed: int) -> list:
 
 
 class VolumeDataset(Dataset):
-    """3D items: whole volumes (validation) or random patches (training) from cached volumes."""
+    """3D items: whole volumes (validation) or random patches (training) from cached volumes.
 
-    def __init__(self, volumes: Any, transform: Any) -> None:
+    With patch sampling one index yields a list of `items_per_index` patches (MONAI's collate
+    flattens them into the batch); the trainer reads it to weight accumulation groups.
+    """
+
+    def __init__(self, volumes: Any, transform: Any, items_per_index: int = 1) -> None:
         self.volumes, self.transform = volumes, transform
+        self.items_per_index = int(items_per_index)
 
     def __len__(self) -> int:
         return len(self.volumes)
