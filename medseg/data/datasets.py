@@ -39,10 +39,15 @@ def describe_failure(case: dict, exc: Exception) -> str:
     """'cannot read <file>: <reason>' naming the first file of the case that does not load."""
     from medseg.data.checks import case_paths
 
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    while exc.__cause__ is not None:  # MONAI wraps errors as "applying transform ..."
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    reason = text[-1] if text else type(exc).__name__
     culprit = _first_unreadable(case_paths(case))
-    if culprit is None:
-        return f"cannot be loaded ({reason[:200]}); image {case.get('image')}"
+    if culprit is None:  # every file loads: the content is wrong
+        label = case.get("label")
+        label = f"{len(label)} structure files" if isinstance(label, (list, tuple)) else label
+        return f"{reason[:200]} (label {label})"
     path, why = culprit
     return f"cannot read {path} ({why[:160]}); replace the file or remove the case"
 

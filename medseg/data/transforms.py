@@ -91,7 +91,7 @@ def _palette_to_rgb(image: Any) -> Any:
 class MapMaskValuesd:
     """Stored mask values -> class indices.
 
-    - colour_map {"r,g,b": index}: RGB (or palette) masks through the colour table;
+    - colour_map [[r, g, b], ...]: RGB (or palette) masks through the colour table, colour i -> class i;
     - values [v0, v1, ...]: stored value v_i becomes class i (e.g. [0, 255] for 0/255 binary PNGs);
     - a greyscale mask saved as RGB(A) keeps its first channel.
     """
@@ -101,7 +101,7 @@ class MapMaskValuesd:
         self.values = [int(v) for v in values] if values else None
         self.colours = None
         if colour_map:
-            self.colours = {_colour_code(k): int(v) for k, v in dict(colour_map).items()}
+            self.colours = {_colour_code(rgb): i for i, rgb in enumerate(colour_map)}
 
     def __call__(self, item: dict) -> dict:
         import torch
@@ -137,12 +137,12 @@ class MapMaskValuesd:
         return item
 
 
-def _colour_code(key: Any) -> int:
-    parts = [int(x) for x in str(key).replace("(", "").replace(")", "").replace(" ", "").split(",")]
+def _colour_code(rgb: Any) -> int:
+    parts = [int(x) for x in rgb] if isinstance(rgb, (list, tuple)) or hasattr(rgb, "__iter__") else []
     if len(parts) != 3 or not all(0 <= x < 256 for x in parts):
         from medseg.errors import ConfigError
 
-        raise ConfigError(f'data.colour_map key {key!r} must be "r,g,b" with values 0..255')
+        raise ConfigError(f"data.colour_map entry {rgb!r} must be [r, g, b] with values 0..255")
     return parts[0] * 65536 + parts[1] * 256 + parts[2]
 
 
