@@ -75,10 +75,9 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         # into the config, so the stored run config (evaluate, predict) maps masks the same way
         _set_key(data_cfg, "mask_values", list(detected))
         log.info("masks store values %s; mapped to classes 0..%d", detected, len(detected) - 1)
-    train_cases, val_cases = split_cases(caseset.cases, data_cfg, seed=int(cfg.seed))
     if data_cfg.check:
-        check_files(train_cases, "training")
-        check_files(val_cases, "validation")
+        check_files(caseset.cases, "dataset")
+    train_cases, val_cases = split_cases(caseset.cases, data_cfg, seed=int(cfg.seed))
     chain = volume_transforms(data_cfg)
     train_vols = cached_volumes(train_cases, chain, data_cfg, hw.num_workers)
     val_vols = cached_volumes(val_cases, chain, data_cfg, hw.num_workers)

@@ -11,11 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Transform
 from torch.utils.data import Dataset
 
 
-class GuardedChain:
-    """Run a transform chain; on failure return {'id', '_error'} instead of raising."""
+class GuardedChain(Transform):
+    """Run a transform chain; on failure return {'id', '_error'} instead of raising.
+
+    A MONAI Transform (deterministic): CacheDataset and PersistentDataset cache only up to the first
+    step that is random or not a Transform, so a plain callable here would be re-run on every item.
+    """
 
     def __init__(self, chain: Any) -> None:
         self.chain = chain
@@ -49,7 +54,7 @@ def describe_failure(case: dict, exc: Exception) -> str:
         label = f"{len(label)} structure files" if isinstance(label, (list, tuple)) else label
         return f"{reason[:200]} (label {label})"
     path, why = culprit
-    return f"cannot read {path} ({why[:160]}); replace the file or remove the case"
+    return f"cannot read {path} ({why[:160]})"
 
 
 def _first_unreadable(paths: list[str]) -> tuple[str, str] | None:
@@ -99,8 +104,7 @@ class SliceDataset(Dataset):
         self.index: list[tuple[int, int]] = []
         fg: list[bool] = []
         for v in range(len(volumes)):
-            item = volumes[v]
-            label = item["label"]
+            label = loaded(volumes, v)["label"]
             if label.ndim == 3:  # native 2D: (1, H, W)
                 self.index.append((v, -1))
                 fg.append(bool(label.any()))
@@ -121,7 +125,7 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         v, s = self.index[i]
-        vol = self.volumes[v]
+        vol = loaded(self.volumes, v)
         if s < 0:
             item = {"image": vol["image"], "label": vol["label"]}
         else:
@@ -156,11 +160,21 @@ class VolumeDataset(Dataset):
         return len(self.volumes)
 
     def __getitem__(self, i: int) -> Any:
-        vol = self.volumes[i]
+        vol = loaded(self.volumes, i)
         out = self.transform({"image": vol["image"], "label": vol["label"]})
         if isinstance(out, list):  # several patches per volume
             return [_as_item(o) for o in out]
         return _as_item(out)
+
+
+def loaded(volumes: Any, i: int) -> dict:
+    """Volume i, or a DataError when it could not be read (reached only with data.check=false)."""
+    item = volumes[i]
+    if "_error" in item:
+        from medseg.errors import DataError
+
+        raise DataError(f"case {item['id']}: {item['_error']}; fix it (data.check=true lists every bad case)")
+    return item
 
 
 def plain(t: Any) -> torch.Tensor:
