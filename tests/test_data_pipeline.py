@@ -172,3 +172,18 @@ def test_without_cache_files_are_decoded_every_epoch(compose, decode_counter) ->
         pass
     assert decode_counter["n"] > 0  # the counter sees decodes, so the cached tests above are meaningful
     assert isinstance(next(iter(bundle.train_loader))["image"], torch.Tensor)
+
+
+# ---------------------------------------------------------------- benchmark
+@pytest.mark.slow
+def test_data_loading_benchmark_reports_both_settings(cache_dir: Path, capsys) -> None:
+    from medseg.benchmarks.data_loading import main
+
+    rows = main(
+        ["--steps", "2", "--warmup", "1", "--subjects", "3", "--shape", "32", "32", "4"]
+        + ["data.synthetic.num_cases=4", "data.synthetic.shape=[32,32,4]", "data.val_percent=25"]
+        + ["model.channels=[8,16]", f"paths.cache_dir={cache_dir}"]
+    )
+    assert [r["classes"] for r in rows] == [4, 118]  # demo data; 117 structures + background
+    out = capsys.readouterr().out
+    assert out.count("samples/s  model step") == 2 and "lowest loader/model ratio" in out

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (samples/s, ratios); nothing here asserts timings."""
