@@ -52,6 +52,11 @@ def test_folder_binary_255_masks_map_to_0_1(compose, tmp_path: Path) -> None:
     assert cfg.data.mask_values == [0, 255]  # stored in the run config for evaluate / predict
     assert set(batch["label"].unique().tolist()) == {0, 1}
     assert batch["image"].shape[1] == 3  # RGB PNG -> 3 channels
+    # evaluate's label chain (original resolution) maps the stored values the same way
+    from medseg.data.transforms import label_transforms
+
+    truth = label_transforms(cfg.data)({"label": str(root / "masks" / "img_000_mask.png")})["label"]
+    assert set(truth.unique().tolist()) == {0, 1}
 
 
 def test_folder_native_2d_orientation_matches_the_png(compose, tmp_path: Path) -> None:
@@ -100,14 +105,19 @@ def test_folder_nifti_volumes(compose, tmp_path: Path) -> None:
 def test_totalseg_merges_structures_in_sorted_order(compose, tmp_path: Path) -> None:
     import nibabel as nib
 
+    from medseg.data.transforms import label_transforms
+
     root = write_totalseg(tmp_path / "ts", num_subjects=4, num_structures=3)
-    _, bundle, _ = _batch(compose, "data=totalseg", f"data.root={root}", "data.val_percent=25")
+    cfg, bundle, _ = _batch(compose, "data=totalseg", f"data.root={root}", "data.val_percent=25")
     assert bundle.info.class_names == ["background", "structure_000", "structure_001", "structure_002"]
     vol = bundle.train_set.volumes[0]
     subject = root / vol["id"] / "segmentations"
     for k, name in enumerate(["structure_000", "structure_001", "structure_002"], start=1):
         mask = np.asarray(nib.load(subject / f"{name}.nii.gz").dataobj) > 0
         assert bool((vol["label"][0].numpy()[mask] == k).all())
+    case = next(c for c in bundle.train_set.volumes.data if c["id"] == vol["id"])
+    truth = label_transforms(cfg.data)({"label": case["label"]})["label"]
+    torch.testing.assert_close(truth.long(), vol["label"].long())
     # split by subject: whole subjects in validation
     assert len(bundle.info.val_cases) == 1 and bundle.info.n_val_items == 8
 
@@ -170,6 +180,16 @@ def test_train_folder_end_to_end_and_predict_writes_0_255(compose, tmp_path: Pat
     written = np.asarray(Image.open(pred_dir / "img_000.png"))
     assert written.shape == (32, 32)
     assert set(np.unique(written).tolist()) <= {0, 255}
+    _evaluate_scores_every_val_case(compose, ckpt_path, tmp_path / "eval", n_val=2, classes=["class_1"])
+
+
+def _evaluate_scores_every_val_case(compose, ckpt: Path, out: Path, n_val: int, classes: list[str]) -> None:
+    """mode=evaluate maps the stored labels the same way training did (0/255, merged structures)."""
+    from medseg.tasks.evaluate import run_evaluate
+
+    run_evaluate(compose("mode=evaluate", f"ckpt={ckpt}", "evaluate.hd95=false", output_dir=out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == n_val and list(summary["per_class"]) == classes
 
 
 @pytest.mark.slow
@@ -178,6 +198,8 @@ def test_train_totalseg_end_to_end_writes_label_map(compose, tmp_path: Path) -> 
     out = _train(compose, "data=totalseg", f"data.root={root}", "data.val_percent=25")
     label_map = json.loads((out / "label_map.json").read_text())
     assert label_map == {"0": "background", **{str(k + 1): f"structure_{k:03d}" for k in range(5)}}
+    names = [f"structure_{k:03d}" for k in range(5)]
+    _evaluate_scores_every_val_case(compose, out / "checkpoints" / "last.pt", tmp_path / "eval", 1, names)
 
 
 @pytest.mark.slow
