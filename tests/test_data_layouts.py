@@ -226,3 +226,22 @@ def test_train_3d_patches_with_sliding_window_validation(compose, monkeypatch) -
     assert windows == [((32, 32, 8), (16, 16, 8))] * 2
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["dataset"]["dims"] == 3
+
+
+def test_folder_palette_masks(compose, tmp_path: Path) -> None:
+    """Palette PNGs: indices are classes as they are, or their colours go through data.colour_map."""
+    from PIL import Image
+
+    root = write_folder(tmp_path / "pal", mode="index", mask_suffix="")
+    palette = [0, 0, 0, 0, 255, 0, 255, 0, 0] + [0] * (256 - 3) * 3  # index 1 = green, 2 = red
+    for mask in (root / "masks").iterdir():
+        im = Image.open(mask).convert("L")
+        im = im.convert("P") if im.mode != "P" else im
+        im.putpalette(palette)
+        im.save(mask)
+    _, plain, _ = _batch(compose, "data=folder", f"data.root={root}")
+    _, mapped, _ = _batch(compose, "data=folder", f"data.root={root}", "data.colour_map=[[0,0,0],[255,0,0],[0,255,0]]")
+    a, b = plain.train_set.volumes[0]["label"], mapped.train_set.volumes[0]["label"]
+    assert set(a.unique().tolist()) == {0, 1, 2}
+    # green (index 1) is class 2 in the colour table and red (index 2) is class 1
+    assert bool(((a == 1) == (b == 2)).all()) and bool(((a == 2) == (b == 1)).all())
