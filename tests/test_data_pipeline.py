@@ -156,11 +156,15 @@ def _two_epochs(bundle) -> None:
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_no_file_decoded_after_the_first_epoch(compose, tmp_path: Path, decode_counter, cache) -> None:
     extra = ["data.cache_rate=1.0"] if cache == "memory" else ["data.cache_rate=0", f"data.cache_dir={tmp_path}/pc"]
-    bundle = _build(compose, *extra)
+    augment = [f"data.augment.{k}=1.0" for k in ("flip_prob", "rotate90_prob", "intensity_prob", "noise_prob")]
+    bundle = _build(compose, *extra, *augment)
     _two_epochs(bundle)  # the first epoch may decode (disk cache fills here)
     decode_counter["n"] = 0
+    before = bundle.train_set.volumes[0]["image"].clone()
     _two_epochs(bundle)
     assert decode_counter["n"] == 0
+    # cached volumes are shared, not copied per item: augmentation must not write into them
+    torch.testing.assert_close(bundle.train_set.volumes[0]["image"], before)
     if cache == "disk":
         assert len(list((tmp_path / "pc").glob("*.pt"))) == 6
 
