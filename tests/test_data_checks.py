@@ -160,3 +160,9 @@ def test_many_bad_cases_in_one_error(compose, tmp_path: Path) -> None:
 def test_patch_size_not_divisible(compose) -> None:
     with pytest.raises(ConfigError, match=r"data.patch_size=\[24, 24, 12\] is not divisible by data.pad_divisible=16"):
         _build(compose, "data.dims=3", "data.patch_size=[24,24,12]")
+
+
+def test_3d_training_on_2d_images(compose, tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "f", mask_suffix="")
+    with pytest.raises(ConfigError, match=r"data.dims=3 needs 3D volumes but these images are 2D; use data.dims=2"):
+        _build(compose, "data=folder", f"data.root={root}", "data.dims=3")
