@@ -191,3 +191,13 @@ def test_data_loading_benchmark_reports_both_settings(cache_dir: Path, capsys) -
     assert [r["classes"] for r in rows] == [4, 118]  # demo data; 117 structures + background
     out = capsys.readouterr().out
     assert out.count("samples/s  model step") == 2 and "lowest loader/model ratio" in out
+
+
+def test_loader_settings_come_from_the_hardware_preset(compose) -> None:
+    from medseg.data.datamodule import loader_settings
+
+    cfg = compose("hardware=8gb")
+    kwargs = loader_settings(cfg.hardware)
+    assert kwargs["num_workers"] == 4 and kwargs["persistent_workers"] is True and kwargs["prefetch_factor"] == 2
+    assert kwargs["pin_memory"] == torch.cuda.is_available()
+    assert loader_settings(compose("hardware=cpu").hardware) == {"num_workers": 0, "pin_memory": False}

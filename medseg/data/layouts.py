@@ -221,13 +221,18 @@ def read_totalseg(data_cfg: Any, cache_dir: str) -> CaseSet:
         {
             "id": d.name,
             "image": str(d / TOTALSEG_IMAGE),
-            "label": [str(d / TOTALSEG_MASKS / f"{n}.nii.gz") for n in names],
+            "label": [_structure_file(d / TOTALSEG_MASKS, n) for n in names],
         }
         for d in subjects
     ]
     source = "data.structures" if data_cfg.structures else f"the structure files under {root}/*/{TOTALSEG_MASKS}/"
     extra = {"structures": names, "class_source": source}
     return CaseSet(cases=cases, class_names=["background", *names], root=root, extra=extra)
+
+
+def _structure_file(folder: Path, name: str) -> str:
+    plain = folder / f"{name}.nii"
+    return str(plain) if plain.is_file() else str(folder / f"{name}.nii.gz")
 
 
 def guess_layout(root: Path, images_dir: str = "imgs", masks_dir: str = "masks") -> str | None:
