@@ -75,7 +75,8 @@ class DataConfig:
     images_dir: str = "imgs"
     masks_dir: str = "masks"
     mask_suffix: str = ""
-    colour_map: dict[str, int] | None = None
+    colour_map: list[list[int]] | None = None
+    mask_values: list[int] | None = None
     structures: list[str] | None = None
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from medseg.data.checks import check_volumes
+from medseg.data.checks import check_files, check_volumes
 from medseg.data.datasets import SliceDataset, VolumeDataset, cached_volumes
 from medseg.data.layouts import read_cases
 from medseg.data.split import split_cases
 from medseg.data.transforms import item_transforms, volume_transforms
-from medseg.errors import DataError
+from medseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class DatasetInfo:
     val_cases: list[str] = field(default_factory=list)
     n_train_items: int = 0
     n_val_items: int = 0
+    mask_values: list[int] | None = None  # stored mask value per class (e.g. [0, 255]); predict writes them back
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class DatasetInfo:
             "val_cases": len(self.val_cases),
             "train_items": self.n_train_items,
             "val_items": self.n_val_items,
+            "mask_values": self.mask_values,
         }
 
 
@@ -65,27 +67,39 @@ def class_names_for(data_cfg: Any, layout_names: list[str] | None, num_classes: 
 def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     """Read, split, check and cache the data; return loaders and dataset facts."""
     data_cfg, hw = cfg.data, cfg.hardware
+    dims = int(data_cfg.dims)
+    check_geometry_settings(data_cfg)
     caseset = read_cases(data_cfg, str(cfg.paths.cache_dir))
+    detected = caseset.extra.get("mask_values")
+    if detected and data_cfg.mask_values is None:
+        # into the config, so the stored run config (evaluate, predict) maps masks the same way
+        _set_key(data_cfg, "mask_values", list(detected))
+        log.info("masks store values %s; mapped to classes 0..%d", detected, len(detected) - 1)
+    if data_cfg.check:
+        check_files(caseset.cases, "dataset")
     train_cases, val_cases = split_cases(caseset.cases, data_cfg, seed=int(cfg.seed))
     chain = volume_transforms(data_cfg)
     train_vols = cached_volumes(train_cases, chain, data_cfg, hw.num_workers)
     val_vols = cached_volumes(val_cases, chain, data_cfg, hw.num_workers)
 
     num_classes = data_cfg.num_classes
-    if num_classes is None and caseset.class_names:
-        num_classes = len(caseset.class_names)
+    declared = None
+    if caseset.class_names:
+        declared = (len(caseset.class_names), caseset.extra.get("class_source", "the layout's class names"))
     if data_cfg.check:
-        num_classes = check_volumes(train_vols, num_classes, "training")
-        num_classes = max(num_classes, check_volumes(val_vols, num_classes, "validation"))
+        k_train = check_volumes(train_vols, num_classes, "training", train_cases, declared)
+        k_val = check_volumes(val_vols, num_classes, "validation", val_cases, declared)
+        num_classes = max(k_train, k_val)
     elif num_classes is None:
-        raise DataError("data.num_classes is null and data.check=false; set data.num_classes or enable the check")
+        if declared is None:
+            raise DataError("data.num_classes is null and data.check=false; set data.num_classes or enable the check")
+        num_classes = declared[0]
     first = train_vols[0]
     if "_error" in first:
         raise DataError(f"{first['id']}: {first['_error']}")
     in_channels = int(first["image"].shape[0])
-    dims = int(data_cfg.dims)
-    if dims not in (2, 3):
-        raise DataError(f"data.dims={dims} must be 2 or 3")
+    if dims == 3 and first["image"].ndim == 3:
+        raise ConfigError("data.dims=3 needs 3D volumes but these images are 2D; use data.dims=2")
 
     train_tf, val_tf = item_transforms(data_cfg, train=True), item_transforms(data_cfg, train=False)
     if dims == 2:
@@ -99,7 +113,8 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         )
         val_set = SliceDataset(val_vols, int(data_cfg.slice_axis), val_tf)
     else:
-        train_set = VolumeDataset(train_vols, _patch_sampler(data_cfg, train_tf))
+        per_volume = int(data_cfg.samples_per_volume) if data_cfg.patch_size else 1
+        train_set = VolumeDataset(train_vols, _patch_sampler(data_cfg, train_tf), items_per_index=per_volume)
         val_set = VolumeDataset(val_vols, val_tf)
 
     info = DatasetInfo(
@@ -111,6 +126,7 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         val_cases=[c["id"] for c in val_cases],
         n_train_items=len(train_set),
         n_val_items=len(val_set),
+        mask_values=list(data_cfg.mask_values) if data_cfg.mask_values else None,
     )
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError("the train or validation split has no items; add cases or change data.val_percent")
@@ -129,6 +145,40 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         in_channels,
     )
     return DataBundle(train_loader, val_loader, info, train_set, val_set, val_vols, loader_kwargs)
+
+
+def check_geometry_settings(data_cfg: Any) -> None:
+    """Config combinations that cannot work, caught before any file is read."""
+    dims = int(data_cfg.dims)
+    if dims not in (2, 3):
+        raise ConfigError(f"data.dims={dims} must be 2 or 3")
+    if dims == 2 and not 0 <= int(data_cfg.slice_axis) <= 2:
+        raise ConfigError(f"data.slice_axis={data_cfg.slice_axis} must be 0, 1 or 2")
+    k = int(data_cfg.pad_divisible)
+    if k < 1:
+        raise ConfigError(f"data.pad_divisible={k} must be >= 1")
+    if dims == 3 and data_cfg.patch_size:
+        patch = [int(p) for p in data_cfg.patch_size]
+        if len(patch) != 3:
+            raise ConfigError(f"data.patch_size={patch} must have 3 sizes for data.dims=3")
+        if any(p % k for p in patch):
+            fixed = [max(k, round(p / k) * k) for p in patch]
+            raise ConfigError(
+                f"data.patch_size={patch} is not divisible by data.pad_divisible={k} (the model's down-sampling); "
+                f"use e.g. data.patch_size={fixed}"
+            )
+    if data_cfg.spacing and len(data_cfg.spacing) != 3:
+        raise ConfigError(f"data.spacing={list(data_cfg.spacing)} must have 3 values (mm), for 3D volumes")
+
+
+def _set_key(node: Any, key: str, value: Any) -> None:
+    from omegaconf import DictConfig, read_write
+
+    if isinstance(node, DictConfig):
+        with read_write(node):
+            node[key] = value
+    else:
+        node[key] = value
 
 
 def _patch_sampler(data_cfg: Any, train_tf: Any) -> Any:

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 class GuardedChain(Transform):
     """Run a transform chain; on failure return {'id', '_error'} instead of raising.
 
-    Registered as a (deterministic) MONAI Transform so that CacheDataset caches its output.
+    A MONAI Transform (deterministic): CacheDataset and PersistentDataset cache only up to the first
+    step that is random or not a Transform, so a plain callable here would be re-run on every item.
     """
 
     def __init__(self, chain: Any) -> None:
@@ -30,13 +31,45 @@ class GuardedChain(Transform):
         try:
             out = self.chain(dict(case))
         except Exception as exc:  # noqa: BLE001 - reported per case by the data check
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            return {"id": case["id"], "_error": f"cannot read: {reason[:200]}", "image_path": case.get("image")}
+            return {"id": case["id"], "_error": describe_failure(case, exc)}
         out["id"] = case["id"]
         out["image"] = plain(out["image"]).float()
         if "label" in out:
-            out["label"] = plain(out["label"]).round().to(torch.int16)
+            label = plain(out["label"])
+            if not torch.isfinite(label).all():
+                return {"id": case["id"], "_error": f"label has NaN/Inf values ({case.get('label')}); fix the mask"}
+            out["label"] = label.round().to(torch.int16)
         return out
+
+
+def describe_failure(case: dict, exc: Exception) -> str:
+    """'cannot read <file>: <reason>' naming the first file of the case that does not load."""
+    from medseg.data.checks import case_paths
+
+    while exc.__cause__ is not None:  # MONAI wraps errors as "applying transform ..."
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    reason = text[-1] if text else type(exc).__name__
+    culprit = _first_unreadable(case_paths(case))
+    if culprit is None:  # every file loads: the content is wrong
+        label = case.get("label")
+        label = f"{len(label)} structure files" if isinstance(label, (list, tuple)) else label
+        return f"{reason[:200]} (label {label})"
+    path, why = culprit
+    return f"cannot read {path} ({why[:160]})"
+
+
+def _first_unreadable(paths: list[str]) -> tuple[str, str] | None:
+    from monai.transforms import LoadImage
+
+    loader = LoadImage(image_only=True)
+    for path in paths:
+        try:
+            loader(path)
+        except Exception as exc:  # noqa: BLE001
+            text = str(exc).strip().splitlines()
+            return path, f"{type(exc).__name__}: {text[-1] if text else ''}"
+    return None
 
 
 def cached_volumes(cases: list[dict], chain: Any, data_cfg: Any, num_workers: int) -> Any:
@@ -74,8 +107,7 @@ class SliceDataset(Dataset):
         self.index: list[tuple[int, int]] = []
         fg: list[bool] = []
         for v in range(len(volumes)):
-            item = volumes[v]
-            label = item["label"]
+            label = loaded(volumes, v)["label"]
             if label.ndim == 3:  # native 2D: (1, H, W)
                 self.index.append((v, -1))
                 fg.append(bool(label.any()))
@@ -96,7 +128,7 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         v, s = self.index[i]
-        vol = self.volumes[v]
+        vol = loaded(self.volumes, v)
         if s < 0:
             item = {"image": vol["image"], "label": vol["label"]}
         else:
@@ -118,16 +150,21 @@ def _rebalance(index: list, fg: list[bool], ratio: float, seed: int) -> list:
 
 
 class VolumeDataset(Dataset):
-    """3D items: whole volumes (validation) or random patches (training) from cached volumes."""
+    """3D items: whole volumes (validation) or random patches (training) from cached volumes.
 
-    def __init__(self, volumes: Any, transform: Any) -> None:
+    With patch sampling one index yields a list of `items_per_index` patches (MONAI's collate
+    flattens them into the batch); the trainer reads it to weight accumulation groups.
+    """
+
+    def __init__(self, volumes: Any, transform: Any, items_per_index: int = 1) -> None:
         self.volumes, self.transform = volumes, transform
+        self.items_per_index = int(items_per_index)
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, i: int) -> Any:
-        vol = self.volumes[i]
+        vol = loaded(self.volumes, i)
         with without_meta():
             out = self.transform({"image": vol["image"], "label": vol["label"]})
         if isinstance(out, list):  # several patches per volume
@@ -146,6 +183,16 @@ def without_meta() -> Iterator[None]:
         yield
     finally:
         set_track_meta(previous)
+
+
+def loaded(volumes: Any, i: int) -> dict:
+    """Volume i, or a DataError when it could not be read (reached only with data.check=false)."""
+    item = volumes[i]
+    if "_error" in item:
+        from medseg.errors import DataError
+
+        raise DataError(f"case {item['id']}: {item['_error']}; fix it (data.check=true lists every bad case)")
+    return item
 
 
 def plain(t: Any) -> torch.Tensor:

@@ -58,17 +58,127 @@ def volume_transforms(data_cfg: Any, with_label: bool = True) -> Any:
 
     keys = list(KEYS) if with_label else ["image"]
     modes = ["bilinear", "nearest"][: len(keys)]
-    chain: list = [
-        T.LoadImaged(keys=keys, image_only=True, ensure_channel_first=True),
-        T.EnsureTyped(keys="image", dtype=_float32(), track_meta=False),
-    ]
+    chain: list = [T.LoadImaged(keys="image", image_only=True, ensure_channel_first=True)]
     if with_label:
-        chain.append(T.EnsureTyped(keys="label", dtype=_float32(), track_meta=False))
+        chain += load_label_transforms(data_cfg)
+    if data_cfg.spacing:  # needs the affine, so before the metadata is dropped
+        chain.append(T.Spacingd(keys=keys, pixdim=list(data_cfg.spacing), mode=modes))
+    chain.append(T.EnsureTyped(keys=keys, dtype=_float32(), track_meta=False))
     chain += intensity_transforms(data_cfg.intensity)
-    if data_cfg.spacing:
-        chain.insert(1, T.Spacingd(keys=keys, pixdim=list(data_cfg.spacing), mode=modes))
     chain += geometry_transforms(data_cfg, keys, modes)
     return T.Compose(chain)
+
+
+def load_label_transforms(data_cfg: Any) -> list:
+    """Label file(s) -> class indices (1, *spatial): per-structure masks merged, stored values mapped."""
+    from monai import transforms as T
+
+    if data_cfg.layout == "totalseg":
+        return [MergeStructuresd("label")]
+    reader = None
+    if data_cfg.colour_map:
+        from monai.data import PILReader
+
+        reader = PILReader(converter=_palette_to_rgb)
+    chain: list = [T.LoadImaged(keys="label", image_only=True, ensure_channel_first=True, reader=reader)]
+    return [*chain, MapMaskValuesd("label", data_cfg.mask_values, data_cfg.colour_map)]
+
+
+def _palette_to_rgb(image: Any) -> Any:
+    return image.convert("RGB") if image.mode in ("P", "PA", "RGBA", "LA", "L") else image
+
+
+class MapMaskValuesd:
+    """Stored mask values -> class indices.
+
+    - colour_map [[r, g, b], ...]: RGB (or palette) masks through the colour table, colour i -> class i;
+    - values [v0, v1, ...]: stored value v_i becomes class i (e.g. [0, 255] for 0/255 binary PNGs);
+    - a greyscale mask saved as RGB(A) keeps its first channel.
+    """
+
+    def __init__(self, key: str, values: Any = None, colour_map: Any = None) -> None:
+        self.key = key
+        self.values = [int(v) for v in values] if values else None
+        self.colours = None
+        if colour_map:
+            self.colours = {_colour_code(rgb): i for i, rgb in enumerate(colour_map)}
+
+    def __call__(self, item: dict) -> dict:
+        import torch
+
+        lab = item[self.key]
+        if self.colours is not None:
+            if lab.shape[0] < 3:
+                raise ValueError("mask is single-channel but data.colour_map expects RGB or palette masks")
+            rgb = lab[:3].round().long()
+            code = rgb[0] * 65536 + rgb[1] * 256 + rgb[2]
+            index = torch.full_like(code, -1)
+            for c, idx in self.colours.items():
+                index[code == c] = idx
+            if (index < 0).any():
+                bad = int(code[index < 0][0])
+                colour = f"{bad >> 16},{(bad >> 8) & 255},{bad & 255}"
+                raise ValueError(f"mask colour {colour} is not in data.colour_map; add it to the table")
+            out = lab[:1].clone()
+            out[0] = index.to(out.dtype)
+            item[self.key] = out
+            return item
+        if lab.shape[0] > 1:
+            grey = lab[:3] if lab.shape[0] >= 3 else lab[:1]
+            if not bool((grey == grey[:1]).all()):
+                raise ValueError(f"mask has {lab.shape[0]} colour channels; set data.colour_map for colour masks")
+            lab = lab[:1]
+        if self.values:
+            out = lab.clone()
+            for i, v in enumerate(self.values):
+                out[lab == v] = i
+            lab = out
+        item[self.key] = lab
+        return item
+
+
+def _colour_code(rgb: Any) -> int:
+    parts = [int(x) for x in rgb] if isinstance(rgb, (list, tuple)) or hasattr(rgb, "__iter__") else []
+    if len(parts) != 3 or not all(0 <= x < 256 for x in parts):
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"data.colour_map entry {rgb!r} must be [r, g, b] with values 0..255")
+    return parts[0] * 65536 + parts[1] * 256 + parts[2]
+
+
+class MergeStructuresd:
+    """TotalSegmentator: binary masks, one file per structure, -> one label map (structure i -> i + 1).
+
+    Masks are read with nibabel one at a time into an int16 map, so 117 structures of a full CT do
+    not sit in memory as float channels. Where structures overlap, the later one in the list wins.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, item: dict) -> dict:
+        import nibabel as nib
+        import numpy as np
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import LoadImage
+
+        paths = item[self.key]
+        if isinstance(paths, str):
+            paths = [paths]
+        first = LoadImage(image_only=True, ensure_channel_first=True)(paths[0])
+        merged = np.zeros(tuple(first.shape[1:]), dtype=np.int16)
+        merged[np.asarray(first[0]) > 0] = 1
+        for i, path in enumerate(paths[1:], start=2):
+            try:
+                mask = np.asanyarray(nib.load(path).dataobj)
+            except Exception as exc:  # noqa: BLE001 - names the file for the data check
+                raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
+            if mask.shape != merged.shape:
+                raise ValueError(f"{path}: shape {mask.shape} differs from {paths[0]} {merged.shape}")
+            merged[mask > 0] = i
+        item[self.key] = MetaTensor(torch.from_numpy(merged[None].astype(np.float32)), meta=first.meta)
+        return item
 
 
 def geometry_transforms(data_cfg: Any, keys: list[str], modes: list[str]) -> list:
@@ -172,8 +282,5 @@ def label_transforms(data_cfg: Any) -> Any:
     from monai import transforms as T
 
     return T.Compose(
-        [
-            T.LoadImaged(keys="label", image_only=True, ensure_channel_first=True),
-            T.EnsureTyped(keys="label", dtype=_float32(), track_meta=False),
-        ]
+        [*load_label_transforms(data_cfg), T.EnsureTyped(keys="label", dtype=_float32(), track_meta=False)]
     )

@@ -89,6 +89,7 @@ def run_train(cfg: DictConfig) -> float | None:
     extra_state = {
         "config_yaml": OmegaConf.to_yaml(cfg, resolve=True),
         "class_names": info.class_names,
+        "mask_values": info.mask_values,  # stored mask value per class (e.g. [0, 255]); predict writes them back
         "dataset": info.as_dict(),
         "model_facts": model_facts,
         "versions": library_versions(),
