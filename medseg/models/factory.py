@@ -33,8 +33,23 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 def describe_model(model: nn.Module, model_cfg: Any) -> dict[str, Any]:
     counts = parameter_counts(model)
     arch = str(model_cfg.get("_target_", type(model).__name__)).rsplit(".", 1)[-1]
-    log.info("model: %s, %s parameters (%s trainable)", arch, f"{counts['total']:,}", f"{counts['trainable']:,}")
-    return {"architecture": arch, "params_total": counts["total"], "params_trainable": counts["trainable"]}
+    variant = getattr(model, "variant", None)
+    if variant:
+        arch = f"{arch}-{variant}"
+    checkpointing = bool(getattr(model, "grad_checkpointing", False))
+    log.info(
+        "model: %s, %s parameters (%s trainable)%s",
+        arch,
+        f"{counts['total']:,}",
+        f"{counts['trainable']:,}",
+        ", gradient checkpointing on" if checkpointing else "",
+    )
+    return {
+        "architecture": arch,
+        "params_total": counts["total"],
+        "params_trainable": counts["trainable"],
+        "grad_checkpointing": checkpointing,
+    }
 
 
 def _one_line(exc: BaseException) -> str:
