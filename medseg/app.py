@@ -31,10 +31,17 @@ def _predict(cfg: DictConfig) -> Any:
     return run_predict(cfg)
 
 
+def _lr_find(cfg: DictConfig) -> Any:
+    from medseg.tasks.lr_find import run_lr_find
+
+    return run_lr_find(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
     "predict": _predict,
+    "lr_find": _lr_find,
 }
 
 
