@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (memory, throughput); run with `python -m medseg.benchmarks.<name>`."""
