@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, MedsegError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,8 @@ def build_model(model_cfg: Any, in_channels: int, num_classes: int, spatial_dims
         model = instantiate(model_cfg, in_channels=in_channels, out_channels=num_classes, spatial_dims=spatial_dims)
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
+        if isinstance(cause, MedsegError):  # the model's own message already names the key and the fix
+            raise cause from exc
         raise ConfigError(f"cannot build model {model_cfg.get('_target_')}: {_one_line(cause)}") from exc
     return model
 
