@@ -190,3 +190,30 @@ def test_search_is_skipped_without_cuda(compose):
 def test_search_never_exceeds_the_effective_batch(compose):
     cfg = compose("hardware=16gb+", "hardware.find_batch_size=true", tiny=False)
     assert search_micro_batch(cfg, lambda n: True, SimpleNamespace(type="cuda")) == (16, 1)
+
+
+def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, monkeypatch):
+    import medseg.hardware as hw
+    from medseg.data.datamodule import build_data
+    from medseg.engine.precision import Precision
+    from medseg.models.factory import build_model
+    from medseg.tasks.build import build_loss
+
+    cfg = compose(
+        "hardware.find_batch_size=true",
+        "data.batch_size=1",
+        "trainer.accumulate_grad_batches=4",
+        "model.channels=[8,16]",
+        "model.norm=batch",  # running statistics: the probes' forward passes must not leak into them
+    )
+    data = build_data(cfg)
+    model = build_model(cfg.model, data.info.in_channels, data.info.num_classes, 2)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    search = hw.search_micro_batch
+    # the real probe runs on the CPU; the search believes it is on a GPU
+    monkeypatch.setattr(hw, "search_micro_batch", lambda c, fits, device: search(c, fits, SimpleNamespace(type="cuda")))
+    loader = hw.fit_micro_batch(
+        cfg, model, build_loss(cfg.trainer.loss), data, torch.device("cpu"), Precision("32", None, False)
+    )
+    assert loader.batch_size == 4 and cfg.data.batch_size == 4 and cfg.trainer.accumulate_grad_batches == 1
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
