@@ -74,7 +74,8 @@ def resolve_auto_hardware(cfg: DictConfig, overrides: Iterable[str] | None = Non
     from medseg.runtime import conf_dir
 
     requested = str(cfg.hardware.device)
-    gib = None if requested == "cpu" else cuda_memory_gib()
+    index = int(requested.split(":", 1)[1]) if requested.startswith("cuda:") else 0
+    gib = None if requested == "cpu" else cuda_memory_gib(index)
     name, why = pick_preset(gib)
     path = conf_dir() / "hardware" / f"{name}.yaml"
     if not path.is_file():
