@@ -165,6 +165,20 @@ def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients(compose, name,
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-6)
 
 
+def test_a_checkpointed_model_copies_independently(compose):
+    import copy
+
+    model = _build(compose, "segresnet", [*MODELS[2][1], "model.grad_checkpointing=true"], 2, 32).train()
+    twin = copy.deepcopy(model)  # as early stopping and EMA do
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)
+    x = torch.randn(1, 1, 32, 32)
+    assert not torch.allclose(model(x), twin(x))
+    twin.set_grad_checkpointing(False)
+    assert model.grad_checkpointing is True and twin.grad_checkpointing is False
+
+
 def test_describe_model_logs_architecture_and_parameter_counts(compose, caplog):
     model = _build(compose, "attention_unet", ["model.channels=[8,16,32]"], 2, 32)
     next(model.parameters()).requires_grad_(False)  # one frozen tensor: trainable < total

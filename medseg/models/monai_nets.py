@@ -5,7 +5,7 @@ config), switchable block checkpointing, and input-size handling where a network
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +143,7 @@ class _FixedSizeInput:
 
     img_size: tuple[int, ...]
 
-    def _resize_call(self, x: torch.Tensor, run: callable) -> torch.Tensor:  # type: ignore[valid-type]
+    def _resize_call(self, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         size = tuple(x.shape[2:])
         if size == self.img_size:
             return run(x)
