@@ -37,11 +37,18 @@ def _benchmark(cfg: DictConfig) -> Any:
     run_benchmark(cfg)
 
 
+def _lr_find(cfg: DictConfig) -> Any:
+    from medseg.tasks.lr_find import run_lr_find
+
+    return run_lr_find(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
     "predict": _predict,
     "benchmark": _benchmark,
+    "lr_find": _lr_find,
 }
 
 

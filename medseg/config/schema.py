@@ -137,6 +137,10 @@ class HardwareConfig:
     channels_last: bool = False
     compile: bool = False
     find_batch_size: bool = False
+    max_batch_size: int = 64
+    model_width: float = 1.0
+    grad_checkpointing: bool = False
+    bilinear_upsampling: bool = False
 
 
 @dataclass
@@ -170,6 +174,15 @@ class BenchmarkConfig:
 
 
 @dataclass
+class LRFindConfig:
+    min_lr: float = 1e-7
+    max_lr: float = 1.0
+    num_steps: int = 100
+    smoothing: float = 0.98
+    diverge_factor: float = 4.0
+
+
+@dataclass
 class MedsegConfig:
     mode: str = "train"
     seed: int = 42
@@ -188,6 +201,7 @@ class MedsegConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
 
 
 def register_configs() -> None:

@@ -210,6 +210,8 @@ class Trainer:
             return self._recover_from_oom(images, labels, weight, counter)
         loss = loss.detach().float()
         self._group_loss += loss * weight
+        if isinstance(logits, (list, tuple)):  # deep supervision: metrics on the full-resolution output
+            logits = logits[0]
         counter.update(logits.detach(), labels)
         self._last_batch = (logits.detach(), labels)  # a reference only: read at logging intervals
         return loss

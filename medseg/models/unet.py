@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from medseg.models.checkpointing import scale_channels
+
 
 def _conv(dims: int) -> type[nn.Module]:
     return nn.Conv2d if dims == 2 else nn.Conv3d
@@ -80,11 +82,12 @@ class UNet(nn.Module):
         norm: str = "instance",
         dropout: float = 0.0,
         grad_checkpointing: bool = False,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if len(channels) < 2:
             raise ValueError("model.channels needs at least two levels")
-        chans = [int(c) for c in channels]
+        chans = [int(c) if width == 1 else scale_channels(int(c), width) for c in channels]
         pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
         self.inc = DoubleConv(spatial_dims, in_channels, chans[0], norm)
         self.downs = nn.ModuleList(

@@ -33,6 +33,18 @@ def build_loss(loss_cfg: Any) -> Any:
         raise ConfigError(f"cannot build trainer.loss: {' '.join(str(cause).split())[:300]}") from exc
 
 
+def build_train_loss(loss_cfg: Any, model: torch.nn.Module) -> Any:
+    """trainer.loss; for a deeply supervised model (training forward returns a list of logits) it is
+    wrapped in MONAI's DeepSupervisionLoss, which weights the deeper outputs less."""
+    loss = build_loss(loss_cfg)
+    if getattr(model, "deep_supervision", False):
+        from monai.losses import DeepSupervisionLoss
+
+        log.info("deep supervision: %s wrapped in DeepSupervisionLoss", type(loss).__name__)
+        return DeepSupervisionLoss(loss, weight_mode="exp")
+    return loss
+
+
 def build_optimizer(opt_cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate

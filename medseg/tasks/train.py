@@ -15,11 +15,12 @@ from medseg.engine.checkpoint import library_versions, load_checkpoint
 from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
+from medseg.hardware import fit_micro_batch, resolve_auto_hardware
 from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
-from medseg.tasks.build import build_loss, build_optimizer, load_weights
+from medseg.tasks.build import build_optimizer, build_train_loss, load_weights
 from medseg.tracking.base import build_trackers
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def run_train(cfg: DictConfig) -> float | None:
     out = run_dir(cfg)
     tcfg = cfg.trainer
     seed_everything(int(cfg.seed))
+    resolve_auto_hardware(cfg)  # hardware=auto: apply the preset that fits this machine
     device = select_device(cfg.hardware.device)
     apply_backend_flags(cfg.hardware, bool(tcfg.deterministic))
     ckpt = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
@@ -49,8 +51,11 @@ def run_train(cfg: DictConfig) -> float | None:
     if cfg.hardware.channels_last and info.dims == 2:
         model.to(memory_format=torch.channels_last)
     train_model = torch.compile(model) if cfg.hardware.compile else model
-    loss_fn = build_loss(tcfg.loss)
+    loss_fn = build_train_loss(tcfg.loss, model)
     optimizer = build_optimizer(cfg.optimizer, model)
+    precision = resolve_precision(tcfg.precision, device)
+    if cfg.hardware.find_batch_size:
+        data.train_loader = fit_micro_batch(cfg, model, loss_fn, data, device, precision)
     accumulate = int(tcfg.accumulate_grad_batches)
     if accumulate < 1:
         from medseg.errors import ConfigError
@@ -60,7 +65,6 @@ def run_train(cfg: DictConfig) -> float | None:
     if tcfg.limit_train_batches:
         n_batches = min(n_batches, int(tcfg.limit_train_batches))
     schedule = LRSchedule(cfg.scheduler, optimizer, math.ceil(n_batches / accumulate), int(tcfg.max_epochs))
-    precision = resolve_precision(tcfg.precision, device)
     log.info(
         "device %s, precision %s, micro-batch %d x accumulation %d = effective batch %d",
         device,

@@ -1,0 +1,232 @@
+"""Hardware presets at run time: hardware=auto picks cpu / 4gb / 8gb / 16gb+ from the device, and
+hardware.find_batch_size searches the largest micro-batch that fits on the GPU.
+
+The presets themselves are YAML files in conf/hardware/; this module only chooses and applies one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from medseg.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+# (preset, upper bound in GiB of total CUDA memory). Cards report a little less than their label
+# (an "8 GB" card shows about 7.8 GiB), so the bounds sit between the common sizes.
+CUDA_PRESETS: tuple[tuple[str, float], ...] = (("4gb", 7.0), ("8gb", 14.0), ("16gb+", float("inf")))
+
+
+def pick_preset(cuda_gib: float | None) -> tuple[str, str]:
+    """The preset for a device with `cuda_gib` GiB of CUDA memory (None = no CUDA), and why."""
+    if cuda_gib is None:
+        return "cpu", "no CUDA device is visible"
+    lower = 0.0
+    for name, upper in CUDA_PRESETS:
+        if cuda_gib < upper:
+            bounds = (
+                f"{lower:g} <= {cuda_gib:.1f} GiB < {upper:g} GiB" if upper != float("inf") else f">= {lower:g} GiB"
+            )
+            return name, f"the CUDA device has {cuda_gib:.1f} GiB ({bounds})"
+        lower = upper
+    raise AssertionError("unreachable")
+
+
+def cuda_memory_gib(device_index: int = 0) -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(device_index).total_memory / 2**30
+
+
+def command_line_keys(overrides: Iterable[str] | None = None) -> set[str]:
+    """Config keys the user set on the command line (`key=value`, `+key=`, `++key=`)."""
+    if overrides is None:
+        overrides = []
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.initialized():
+                overrides = list(HydraConfig.get().overrides.task)
+        except Exception:  # noqa: BLE001 - outside a Hydra run there are no command-line keys
+            overrides = []
+    keys = set()
+    for item in overrides:
+        key = str(item).split("=", 1)[0].lstrip("+~").strip()
+        if key:
+            keys.add(key)
+    return keys
+
+
+def resolve_auto_hardware(cfg: DictConfig, overrides: Iterable[str] | None = None) -> str | None:
+    """With hardware.name=auto, apply the preset that fits this machine to `cfg` in place.
+
+    Keys given on the command line (or in `overrides`) keep the user's value. Returns the chosen
+    preset, or None when hardware is not auto.
+    """
+    if cfg.hardware.name != "auto":
+        return None
+    from medseg.runtime import conf_dir
+
+    requested = str(cfg.hardware.device)
+    index = int(requested.split(":", 1)[1]) if requested.startswith("cuda:") else 0
+    gib = None if requested == "cpu" else cuda_memory_gib(index)
+    name, why = pick_preset(gib)
+    path = conf_dir() / "hardware" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"hardware=auto chose {name} but {path} is missing; restore the preset or pick hardware=...")
+    preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    user_keys = command_line_keys(overrides)
+    kept = []
+    for key, value in _flatten(preset):
+        if key in user_keys:
+            kept.append(key)
+            continue
+        OmegaConf.update(cfg, key, value, merge=False)
+    if requested not in ("auto", "cpu") and "hardware.device" not in user_keys:
+        OmegaConf.update(cfg, "hardware.device", requested, merge=False)  # keep an explicit cuda:N
+    log.info(
+        "hardware=auto: preset %s because %s%s",
+        name,
+        why,
+        f"; kept from the command line: {', '.join(sorted(kept))}" if kept else "",
+    )
+    return name
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(tree, dict):
+        return [(prefix, tree)]
+    out: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        out.extend(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+# ---------------------------------------------------------------------- micro-batch search
+
+
+def find_max_batch_size(fits: Callable[[int], bool], start: int, upper: int) -> int:
+    """The largest micro-batch in [1, upper] for which `fits(n)` is true.
+
+    Doubles from `start` until a size does not fit (or `upper` is reached), then bisects between the
+    last size that fitted and the first that did not. Assumes that if n fits, every smaller size fits.
+    """
+    upper = max(1, int(upper))
+    n = min(max(1, int(start)), upper)
+    if fits(n):
+        good, bad = n, None
+        while good < upper:
+            trial = min(good * 2, upper)
+            if fits(trial):
+                good = trial
+            else:
+                bad = trial
+                break
+        if bad is None:
+            return good
+    else:
+        bad, good = n, 0
+        while good == 0:
+            trial = bad // 2
+            if trial < 1:
+                raise TrainingError("out of memory with a micro-batch of 1; lower data.scale or choose a smaller model")
+            if fits(trial):
+                good = trial
+            else:
+                bad = trial
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def accumulation_for(effective_batch: int, micro_batch: int) -> int:
+    """Micro-batches per optimizer step so that micro x accumulation stays close to `effective_batch`."""
+    return max(1, round(effective_batch / max(1, micro_batch)))
+
+
+def oom_probe(
+    model: Any, loss_fn: Any, sample: dict[str, Any], device: Any, precision: Any, memory_format: Any = None
+) -> Callable[[int], bool]:
+    """fits(n): one forward and backward pass on a batch of n copies of `sample`; False on CUDA out-of-memory."""
+    import torch
+
+    def fits(n: int) -> bool:
+        images = sample["image"].unsqueeze(0).repeat(n, *([1] * sample["image"].dim())).to(device)
+        labels = sample["label"].unsqueeze(0).repeat(n, *([1] * sample["label"].dim())).to(device)
+        if memory_format is not None:
+            images = images.contiguous(memory_format=memory_format)
+        model.train()
+        try:
+            with precision.autocast(device):
+                loss = loss_fn(model(images), labels)
+            loss.backward()
+            ok = True
+        except torch.OutOfMemoryError:
+            ok = False
+        finally:
+            model.zero_grad(set_to_none=True)
+            loss = None  # noqa: F841 - drop the graph before freeing the cache
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        log.info("find_batch_size: micro-batch %d %s", n, "fits" if ok else "runs out of memory")
+        return ok
+
+    return fits
+
+
+def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool], device: Any) -> tuple[int, int] | None:
+    """Run the search for hardware.find_batch_size and update cfg's batch size and accumulation.
+
+    Returns (micro_batch, accumulation), or None when the search does not apply (off, or not CUDA).
+    """
+    if not cfg.hardware.find_batch_size:
+        return None
+    micro, accumulate = int(cfg.data.batch_size), int(cfg.trainer.accumulate_grad_batches)
+    if getattr(device, "type", str(device)) != "cuda":
+        log.info("find_batch_size: needs a CUDA device; keeping micro-batch %d x %d", micro, accumulate)
+        return None
+    effective = micro * accumulate
+    # Above the effective batch the accumulation could not keep it; stop the search there.
+    best = find_max_batch_size(fits, micro, min(int(cfg.hardware.max_batch_size), effective))
+    new_accumulate = accumulation_for(effective, best)
+    OmegaConf.update(cfg, "data.batch_size", best, merge=False)
+    OmegaConf.update(cfg, "trainer.accumulate_grad_batches", new_accumulate, merge=False)
+    log.info(
+        "find_batch_size: micro-batch %d x accumulation %d (effective %d; the preset had %d x %d)",
+        best,
+        new_accumulate,
+        best * new_accumulate,
+        micro,
+        accumulate,
+    )
+    return best, new_accumulate
+
+
+def fit_micro_batch(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device: Any, precision: Any) -> Any:
+    """hardware.find_batch_size for a training run: search, update cfg, and return the train loader
+    (rebuilt for the new micro-batch). The model's weights and norm statistics are left as they were."""
+    import torch
+
+    from medseg.data.datamodule import make_loader
+
+    memory_format = torch.channels_last if cfg.hardware.channels_last and int(cfg.data.dims) == 2 else None
+    before = int(cfg.data.batch_size)
+    sample = data.train_set[0]
+    if isinstance(sample, list):  # 3D patch sampling returns several patches per volume
+        sample = sample[0]
+    saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    found = search_micro_batch(cfg, oom_probe(model, loss_fn, sample, device, precision, memory_format), device)
+    model.load_state_dict(saved)
+    if found is None or found[0] == before:
+        return data.train_loader
+    return make_loader(data.train_set, found[0], True, data.loader_kwargs, int(cfg.seed))
