@@ -35,7 +35,20 @@ def offline_runs(run_dir: str | Path) -> list[Path]:
     return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
 
 
-def read_offline_run(folder: str | Path) -> OfflineRun:
+def read_offline_run(folder: str | Path, wait_s: float = 0.0) -> OfflineRun:
+    """The run as written so far; with wait_s, re-read until its exit record is there (wandb writes
+    the file from its own service process, a moment after run.finish() returns)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read(folder)
+        if run.exit_code is not None or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read(folder: str | Path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = sorted(Path(folder).glob("run-*.wandb"))
