@@ -55,6 +55,24 @@ def test_redact_masks_secret_keys_and_environment_values() -> None:
     assert config["db"]["password"] == "hunter22"  # the input is left alone
 
 
+def test_log_records_are_masked_before_any_handler_writes_them(tmp_path: Path) -> None:
+    import logging
+
+    from medseg.config.redact import install_log_filter
+
+    root = logging.getLogger()
+    handler = logging.FileHandler(tmp_path / "run.log")
+    root.addHandler(handler)
+    try:
+        install_log_filter([FAKE_KEY])
+        logging.getLogger("medseg.test").warning("override logger.wandb.notes=%s", FAKE_KEY)
+        handler.flush()
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    assert (tmp_path / "run.log").read_text() == f"override logger.wandb.notes={MASK}\n"
+
+
 def test_config_tree_lists_groups_first_and_nested_keys() -> None:
     tree = config_tree({"trainer": {"max_epochs": 3}, "mode": "train", "model": {"channels": [16, 32], "x": None}})
     assert tree.splitlines() == [
@@ -74,7 +92,7 @@ def test_wandb_offline_run_holds_history_summary_images_and_resume_continues_it(
     from medseg.app import main
     from medseg.tracking.wandb_offline import offline_runs, read_offline_run
 
-    common = ("logger=wandb", "trainer.log_every_n_steps=2", "trainer.log_images_every_n_epochs=1")
+    common = ("logger=[wandb,csv]", "trainer.log_every_n_steps=2", "trainer.log_images_every_n_epochs=1")
     common += ("trainer.limit_train_batches=4", "trainer.log_images_count=2")
     secret_note = "logger.wandb.notes='note ${oc.env:WANDB_API_KEY}'"
     first = tmp_path / "first"
@@ -111,7 +129,9 @@ def test_wandb_offline_run_holds_history_summary_images_and_resume_continues_it(
     assert min(row["_step"] for row in resumed.history) > 4  # steps continue, wandb keeps them all on sync
 
     ckpt = torch.load(first / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["tracker_ids"] == {"wandb": run.run_id}
+    assert ckpt["tracker_ids"]["wandb"] == run.run_id
+    with open(second / "metrics.csv", newline="") as fh:  # the csv table continues too
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
     assert f"note {MASK}" in ckpt["config_yaml"]
     assert f"note {MASK}" in (first / "config_tree.txt").read_text()
     assert _files_holding(tmp_path, FAKE_KEY) == []
