@@ -45,12 +45,14 @@ def test_redact_masks_secret_keys_and_environment_values() -> None:
         "logger": {"wandb": {"notes": f"run with {FAKE_KEY} inside", "api_key": "k3y-value"}},
         "data": {"root": "/data/hf_abcdefghijkl/x", "num_workers": 4, "tokenizer": "bert", "flag": "false"},
         "db": {"password": "hunter22"},
+        "model": {"token_dim": 768, "cls_token": True, "tokenizer": "bpe"},
         "other": "uses k3y-value twice k3y-value",
     }
     out = redact(config, secret_values(config, env))
     assert out["logger"]["wandb"] == {"notes": f"run with {MASK} inside", "api_key": MASK}
     assert out["data"] == {"root": f"/data/{MASK}/x", "num_workers": 4, "tokenizer": "bert", "flag": "false"}
     assert out["db"]["password"] == MASK
+    assert out["model"] == config["model"]
     assert out["other"] == f"uses {MASK} twice {MASK}"
     assert config["db"]["password"] == "hunter22"  # the input is left alone
 

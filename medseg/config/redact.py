@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from typing import Any
 
 MASK = "***"
-SECRET_KEY = re.compile(r"(^|[_.-])(api_?key|token|password|passwd|secret|credentials?|private_key)($|[_.-])", re.I)
+# Key names that hold secrets (api_key, wandb_api_key, hf_token, db_password, client_secret, ...);
+# only string values are masked, so numeric hyperparameters such as token_dim are never touched.
+SECRET_KEY = re.compile(r"(^|_)(api_?key|token|password|passwd|secret|secret_key|private_key|credentials?)$", re.I)
 SECRET_ENV = re.compile(r"(^|_)API_KEY$|TOKEN|SECRET|PASSWORD|PASSWD", re.I)
 # Shorter values are not searched for inside other text (TOKENIZERS_PARALLELISM=false is no secret).
 MIN_ENV_LEN = 8
@@ -40,8 +42,8 @@ def secret_values(config: Any = None, environ: dict[str, str] | None = None) -> 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if is_secret_key(key) and isinstance(value, (str, int)) and len(str(value)) >= MIN_KEY_LEN:
-                    found.add(str(value))
+                if is_secret_key(key) and isinstance(value, str) and len(value) >= MIN_KEY_LEN:
+                    found.add(value)
                 walk(value)
         elif isinstance(node, (list, tuple)):
             for value in node:
@@ -63,7 +65,7 @@ def redact(node: Any, secrets: Iterable[str] | None = None) -> Any:
     secrets = list(secret_values(node) if secrets is None else secrets)
 
     def walk(value: Any, key: Any = None) -> Any:
-        if is_secret_key(key) and value not in (None, ""):
+        if is_secret_key(key) and isinstance(value, str) and value:
             return MASK
         if isinstance(value, dict):
             return {k: walk(v, k) for k, v in value.items()}

@@ -70,8 +70,15 @@ class WandbTracker(Tracker):
         }
         if self.resume_id:
             init.update(id=self.resume_id, resume="allow")
-        with _redacted_argv(secrets):
-            self.run = wandb.init(**init)
+        try:
+            with _redacted_argv(secrets):
+                self.run = wandb.init(**init)
+        except Exception as exc:  # noqa: BLE001 - no login, no network, bad entity: one line for the user
+            reason = redact(" ".join(str(exc).split())[:300], secrets)
+            raise ConfigError(
+                f"logger.wandb: cannot start the {self.mode} run ({type(exc).__name__}: {reason}); for online runs"
+                " run `wandb login` first, or use logger.wandb.mode=offline or logger=csv"
+            ) from exc
         self.run_id = self.run.id
         self.run.define_metric("epoch")
         for key in EPOCH_KEYS:
