@@ -122,6 +122,13 @@ def test_wandb_offline_run_holds_history_summary_images_and_resume_continues_it(
     assert len(panels) == 2  # trainer.log_images_count validation items
     assert (first / "images" / "val_epoch_001.png").is_file()
 
+    # a run file read while wandb is still writing it: the complete records, no error
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    data = next(folders[0].glob("run-*.wandb")).read_bytes()
+    (partial / "run-x.wandb").write_bytes(data[: len(data) // 2 + 3])
+    assert len(read_offline_run(partial).history) < len(run.history)
+
     second = tmp_path / "second"
     resume = (f"ckpt={first}/checkpoints/last.pt", "trainer.resume=true", "trainer.max_epochs=2")
     main(compose(*common, *resume, output_dir=second))

@@ -89,6 +89,8 @@ def _chunks(data: bytes) -> Iterator[bytes]:
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         pos += HEADER
+        if pos + length > len(data):  # a chunk still being written by a live run
+            return
         chunk, pos = data[pos : pos + length], pos + length
         if kind == FULL:
             yield chunk
