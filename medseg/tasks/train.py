@@ -136,10 +136,10 @@ def run_train(cfg: DictConfig) -> float | None:
         progress_bar=bool(tcfg.progress_bar),
         extra_state=extra_state,
     )
-    if ckpt is not None and tcfg.resume:
-        trainer.restore(ckpt)
     exit_code = 1
-    try:
+    try:  # trackers are finished whatever happens, so a multirun's next job starts a fresh run
+        if ckpt is not None and tcfg.resume:
+            trainer.restore(ckpt)
         best = trainer.fit()
         exit_code = 0
     finally:

@@ -114,9 +114,13 @@ class WandbTracker(Tracker):
             self.run.summary.update({k: v for k, v in summary.items() if v is not None})
 
     def finish(self, exit_code: int = 0) -> None:
-        if self.run is not None:
-            self.run.finish(exit_code=exit_code)
-            self.run = None
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001 - never hide the error that ended training
+            log.warning("wandb: could not finish run %s cleanly: %s", self.run_id, exc)
 
 
 def sweep_group(explicit: str | None = None) -> str | None:
