@@ -61,7 +61,7 @@ class WandbTracker(Tracker):
             "project": self.project,
             "entity": self.entity,
             "name": redact(name, secrets),
-            "group": redact(self.group or sweep_group(), secrets),
+            "group": redact(sweep_group(self.group), secrets),
             "tags": redact(list(dict.fromkeys(tags)), secrets) or None,
             "notes": redact(self.notes, secrets),
             "job_type": self.job_type,
