@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medseg.errors import ConfigError
 
@@ -58,6 +59,43 @@ def main(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
-    if cfg.print_config and cfg.mode == "train":
-        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    _keep_secrets_out(cfg)
+    if cfg.mode == "train":
+        _config_tree(cfg, show=bool(cfg.print_config))
     return MODES[cfg.mode](cfg)
+
+
+def _keep_secrets_out(cfg: DictConfig) -> None:
+    """Mask secret values in log records and in the config files Hydra has already written."""
+    from medseg.config.redact import install_log_filter, redact_files, secret_values
+
+    secrets = secret_values(cfg)
+    if not secrets:
+        return
+    install_log_filter(secrets)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    files = []
+    if hc.output_subdir:
+        saved = Path(hc.runtime.output_dir) / str(hc.output_subdir)
+        files += [saved / "config.yaml", saved / "hydra.yaml", saved / "overrides.yaml"]
+    if hc.mode == RunMode.MULTIRUN:
+        files.append(Path(hc.sweep.dir) / "multirun.yaml")
+    redact_files(files, secrets)
+
+
+def _config_tree(cfg: DictConfig, show: bool) -> None:
+    """The resolved config (secrets masked) as a tree: logged when `show`, always saved as config_tree.txt."""
+    from medseg.config.redact import redact_config
+    from medseg.config.tree import config_tree
+    from medseg.io_utils import write_text
+    from medseg.runtime import run_dir
+
+    tree = config_tree(redact_config(cfg))
+    write_text(run_dir(cfg) / "config_tree.txt", tree)
+    if show:
+        log.info("config:\n%s", tree)

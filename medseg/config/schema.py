@@ -111,6 +111,9 @@ class TrainerConfig:
     monitor_mode: str = "max"
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
+    log_images_every_n_epochs: int = 5
+    log_images_count: int = 4
+    log_histograms_every_n_epochs: int = 0
     limit_train_batches: int | None = None
     limit_val_batches: int | None = None
     max_nonfinite_steps: int = 5

@@ -140,7 +140,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._group_loss = torch.zeros((), device=self.device)
 
-        for i, batch in enumerate(self._progress(self.train_loader, n_batches, f"epoch {self.epoch + 1}")):
+        bar = self._progress(self.train_loader, n_batches, f"epoch {self.epoch + 1}")
+        for i, batch in enumerate(bar):
             if i >= n_batches:
                 break
             images, labels = self._to_device(batch)
@@ -154,6 +155,9 @@ class Trainer:
                     norm_sum += grad_norm
                 if self.global_step % self.log_every_n_steps == 0:
                     self._log_step(loss, grad_norm)
+                    if bar is not self.train_loader:  # postfix only at logging steps: no extra host sync
+                        dice = foreground_mean(counter.scores()["dice"])
+                        bar.set_postfix(loss=f"{float(loss):.4f}", dice=_fmt(nan_to_none(dice)), refresh=False)
 
         elapsed = time.perf_counter() - started
         scores = counter.scores()
@@ -301,6 +305,11 @@ class Trainer:
             "micro_batch": self.micro_batch_size,
             "accumulate": self.accumulate,
         }
+        if self.device.type == "cuda":
+            gib = 2**30
+            record["gpu/mem_allocated_gb"] = torch.cuda.memory_allocated(self.device) / gib
+            record["gpu/mem_reserved_gb"] = torch.cuda.memory_reserved(self.device) / gib
+            record["gpu/max_mem_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / gib
         if val:
             record.update(
                 {"val/loss": val["loss"], "val/dice": nan_to_none(val["dice"]), "val/iou": nan_to_none(val["iou"])}

@@ -9,9 +9,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.config.redact import redact_config
 from medseg.data.datamodule import build_data, make_loader
 from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
 from medseg.engine.checkpoint import library_versions, load_checkpoint
+from medseg.engine.histograms import ParameterHistograms
+from medseg.engine.image_panels import ImagePanels
 from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
@@ -78,20 +81,24 @@ def run_train(cfg: DictConfig) -> float | None:
     resume_ids = dict(ckpt.get("tracker_ids", {})) if (ckpt is not None and tcfg.resume) else {}
     trackers = build_trackers(cfg.logger, out, resume_ids)
     facts = {"dataset": info.as_dict(), "model": model_facts, "hardware": cfg.hardware.name, "device": str(device)}
-    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+    plain_cfg = redact_config(cfg)  # secrets masked before anything leaves this process
     for tracker in trackers:
         tracker.log_config(plain_cfg, facts)
     callbacks: list[Any] = [
         ModelCheckpoint(out / "checkpoints", **OmegaConf.to_container(tcfg.checkpoint)),
         HistoryWriter(out),
         TrackerBridge(trackers),
+        ImagePanels(
+            trackers, tcfg.log_images_every_n_epochs, tcfg.log_images_count, cfg.data.slice_axis, out / "images"
+        ),
+        ParameterHistograms(trackers, tcfg.log_histograms_every_n_epochs),
     ]
     if tcfg.early_stopping.enabled:
         es = tcfg.early_stopping
         callbacks.insert(0, EarlyStopping(tcfg.monitor, tcfg.monitor_mode, es.patience, es.min_delta, es.restore_best))
 
     extra_state = {
-        "config_yaml": OmegaConf.to_yaml(cfg, resolve=True),
+        "config_yaml": OmegaConf.to_yaml(OmegaConf.create(plain_cfg)),
         "class_names": info.class_names,
         "mask_values": info.mask_values,  # stored mask value per class (e.g. [0, 255]); predict writes them back
         "dataset": info.as_dict(),
@@ -134,13 +141,15 @@ def run_train(cfg: DictConfig) -> float | None:
         progress_bar=bool(tcfg.progress_bar),
         extra_state=extra_state,
     )
-    if ckpt is not None and tcfg.resume:
-        trainer.restore(ckpt)
-    try:
+    exit_code = 1
+    try:  # trackers are finished whatever happens, so a multirun's next job starts a fresh run
+        if ckpt is not None and tcfg.resume:
+            trainer.restore(ckpt)
         best = trainer.fit()
+        exit_code = 0
     finally:
         for tracker in trackers:
-            tracker.finish()
+            tracker.finish(exit_code)
     log.info("best %s = %s at epoch %s; run folder %s", tcfg.monitor, _fmt(best), trainer.best_epoch, out)
     return best
 

@@ -22,7 +22,14 @@ class Tracker:
 
     def log_summary(self, summary: dict[str, Any]) -> None: ...
 
-    def finish(self) -> None: ...
+    def log_images(self, name: str, images: list[Any], step: int, captions: list[str] | None = None) -> None:
+        """RGB uint8 arrays (height, width, 3), e.g. input | truth | prediction panels."""
+
+    def log_histograms(self, histograms: dict[str, tuple[Any, Any]], step: int) -> None:
+        """{name: (counts, bin_edges)} numpy arrays, as np.histogram returns them."""
+
+    def finish(self, exit_code: int = 0) -> None:
+        """End the run; exit_code 1 marks a run that stopped with an error."""
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:

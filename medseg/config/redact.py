@@ -1,0 +1,135 @@
+"""Keep secrets out of everything a run writes: configs, logs, checkpoints and tracker payloads.
+
+Two kinds of values are masked: values of keys named like secrets (api_key, token, password,
+secret, credentials) and, anywhere in any text, the values of environment variables named like
+secrets (*_API_KEY, *TOKEN*, *SECRET*, *PASSWORD*), e.g. an API key that reached a config value
+through ${oc.env:WANDB_API_KEY} or a command-line override.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+MASK = "***"
+# Key names that hold secrets (api_key, wandb_api_key, hf_token, db_password, client_secret, ...);
+# only string values are masked, so numeric hyperparameters such as token_dim are never touched.
+SECRET_KEY = re.compile(r"(^|_)(api_?key|token|password|passwd|secret|secret_key|private_key|credentials?)$", re.I)
+SECRET_ENV = re.compile(r"(^|_)API_KEY$|TOKEN|SECRET|PASSWORD|PASSWD", re.I)
+# Shorter values are not searched for inside other text (TOKENIZERS_PARALLELISM=false is no secret).
+MIN_ENV_LEN = 8
+MIN_KEY_LEN = 4
+
+
+def is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(SECRET_KEY.search(key))
+
+
+def env_secrets(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of environment variables whose names look like secrets."""
+    env = os.environ if environ is None else environ
+    values = {v for k, v in env.items() if SECRET_ENV.search(k) and len(v) >= MIN_ENV_LEN}
+    return sorted(values - {"true", "false"}, key=len, reverse=True)
+
+
+def secret_values(config: Any = None, environ: dict[str, str] | None = None) -> list[str]:
+    """Every string to mask: secret-looking environment values and values of secret-named config keys."""
+    found = set(env_secrets(environ))
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if is_secret_key(key) and isinstance(value, str) and len(value) >= MIN_KEY_LEN:
+                    found.add(value)
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(_plain(config))
+    return sorted(found, key=len, reverse=True)  # longest first, so a secret inside another is masked whole
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def redact(node: Any, secrets: Iterable[str] | None = None) -> Any:
+    """A copy of a plain config (dicts, lists, scalars) with secrets masked; keys keep their names."""
+    secrets = list(secret_values(node) if secrets is None else secrets)
+
+    def walk(value: Any, key: Any = None) -> Any:
+        if is_secret_key(key) and isinstance(value, str) and value:
+            return MASK
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        if isinstance(value, str):
+            return redact_text(value, secrets)
+        return value
+
+    return walk(_plain(node))
+
+
+def redact_config(cfg: Any) -> dict[str, Any]:
+    """The resolved config as a plain dict with secrets masked."""
+    return redact(_plain(cfg, resolve=True))
+
+
+def redact_files(paths: Iterable[Any], secrets: list[str]) -> None:
+    """Mask secrets inside text files written by others (Hydra's .hydra/*.yaml, multirun.yaml)."""
+    from pathlib import Path
+
+    from medseg.io_utils import write_text
+
+    for path in map(Path, paths):
+        if not secrets or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        masked = redact_text(text, secrets)
+        if masked != text:
+            write_text(path, masked)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in log records before any handler formats them (console and run.log)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact_text(message, self.secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def install_log_filter(secrets: list[str]) -> None:
+    """Attach a RedactingFilter to every handler of the root logger (once per handler)."""
+    if not secrets:
+        return
+    for handler in logging.getLogger().handlers:
+        old = [f for f in handler.filters if isinstance(f, RedactingFilter)]
+        for f in old:
+            handler.removeFilter(f)
+        handler.addFilter(RedactingFilter(secrets))
+
+
+def _plain(node: Any, resolve: bool = True) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(node, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(node, resolve=resolve)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return node
