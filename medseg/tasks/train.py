@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from medseg.data.datamodule import build_data, make_loader
 from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
 from medseg.engine.checkpoint import library_versions, load_checkpoint
+from medseg.engine.optuna_pruning import OptunaPruning
 from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
@@ -19,6 +20,7 @@ from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
+from medseg.sweeps.trial_context import current_trial
 from medseg.tasks.build import build_loss, build_optimizer, load_weights
 from medseg.tracking.base import build_trackers
 
@@ -85,6 +87,9 @@ def run_train(cfg: DictConfig) -> float | None:
     if tcfg.early_stopping.enabled:
         es = tcfg.early_stopping
         callbacks.insert(0, EarlyStopping(tcfg.monitor, tcfg.monitor_mode, es.patience, es.min_delta, es.restore_best))
+    trial = current_trial()  # an Optuna trial of the medseg_optuna sweeper: report each epoch, maybe prune
+    if trial is not None:
+        callbacks.append(OptunaPruning(trial, str(tcfg.monitor)))  # last: the epoch's files are written first
 
     extra_state = {
         "config_yaml": OmegaConf.to_yaml(cfg, resolve=True),
