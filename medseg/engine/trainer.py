@@ -15,6 +15,7 @@ out-of-memory errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -143,10 +144,12 @@ class Trainer:
                 break
             images, labels = self._to_device(batch)
             weight = images.shape[0] / group_sizes[i // self.accumulate]
-            loss = self._forward_backward(images, labels, weight, counter)
+            step_now = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
+            with self._no_sync(not step_now):  # DDP: average gradients across ranks once per step
+                loss = self._forward_backward(images, labels, weight, counter)
             loss_sum += loss * images.shape[0]
             samples += images.shape[0]
-            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
+            if step_now:
                 grad_norm = self._optimizer_step()
                 if grad_norm is not None:
                     norm_sum += grad_norm
@@ -154,6 +157,9 @@ class Trainer:
                     self._log_step(loss, grad_norm)
 
         elapsed = time.perf_counter() - started
+        if self.distributed is not None:
+            loss_sum, samples = self.distributed.sum_loss(loss_sum, samples)
+            self.distributed.sum_(counter.counts)
         scores = counter.scores()
         steps = max(1, self.global_step - steps_before)
         return {
@@ -249,7 +255,10 @@ class Trainer:
         max_norm = self.clip_val if (self.clip_val is not None and self.clip_algorithm == "norm") else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=self.device)
         # One host sync per optimizer step: the only way to skip a non-finite update before it lands.
-        finite_loss, finite_grad = torch.isfinite(torch.stack([self._group_loss, grad_norm.float()])).tolist()
+        flags = torch.isfinite(torch.stack([self._group_loss, grad_norm.float()])).float()
+        if self.distributed is not None:  # every rank skips or steps together
+            self.distributed.min_(flags)
+        finite_loss, finite_grad = flags.bool().tolist()
         self._group_loss = torch.zeros((), device=self.device)
         if not finite_loss or (not finite_grad and not self.scaler.is_enabled()):
             self.optimizer.zero_grad(set_to_none=True)
@@ -429,6 +438,11 @@ class Trainer:
         images = batch["image"].to(self.device, non_blocking=non_blocking, memory_format=self.memory_format)
         labels = batch["label"].to(self.device, non_blocking=non_blocking)
         return images, labels
+
+    def _no_sync(self, skip_sync: bool) -> Any:
+        if skip_sync and self.distributed is not None and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
 
     def _free_memory(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
