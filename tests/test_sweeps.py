@@ -235,17 +235,17 @@ def sweep(run_cli, *args: str):
 @pytest.mark.slow
 def test_a_stopped_study_resumes_to_n_trials_in_total_without_repeating_parameters(run_cli, tmp_path: Path) -> None:
     sweep(run_cli, "hydra.sweeper.n_trials=1")
-    second = sweep(run_cli, "hydra.sweeper.n_trials=3")
+    second = sweep(run_cli, "hydra.sweeper.n_trials=2")
     sweep_dir = tmp_path / "multirun"
-    assert "1 trials recorded, 2 to run" in second.stdout + second.stderr
+    assert "1 trials recorded, 1 to run" in second.stdout + second.stderr
 
     rows = read_csv(sweep_dir / "trials.csv")
-    assert [r["number"] for r in rows] == ["0", "1", "2"]
+    assert [r["number"] for r in rows] == ["0", "1"]
     assert {r["state"] for r in rows} == {"COMPLETE"}
     params = [(r["params_optimizer.lr"], r["params_data.scale"]) for r in rows]
-    assert len(set(params)) == 3  # the re-created seeded sampler did not replay trial 0
+    assert len(set(params)) == 2  # the re-created seeded sampler did not replay trial 0
     # job folders continue the numbering: one per trial, each with its own training history
-    for n in range(3):
+    for n in range(2):
         history = json.loads((sweep_dir / str(n) / "history.json").read_text())
         assert history[-1]["val/dice"] == pytest.approx(float(rows[n]["value"]))
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
