@@ -21,6 +21,8 @@ class OptunaPruning(Callback):
         self.trial, self.monitor = trial, monitor
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        if len(self.trial.study.directions) > 1:
+            return  # optuna reports and prunes single-objective studies only
         value = record.get(self.monitor)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return  # no validation this epoch

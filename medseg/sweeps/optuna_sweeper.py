@@ -92,6 +92,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                     error = self._tell(study, trial, ret, len(directions))
                     if error is not None:
                         failures.append(f"trial {trial.number}: {error}")
+                _release(returns)
                 if len(failures) > self.max_failure_rate * planned:
                     raise SweepError(
                         f"{len(failures)} of {planned} planned trials failed (hydra.sweeper.max_failure_rate="
@@ -170,6 +171,21 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             return _fail_one(study, trial, f"the job returned {value!r}")
         study.tell(trial, values=values[0] if n_objectives == 1 else values)
         return None
+
+
+def _release(returns: list[JobReturn]) -> None:
+    """Drop what failed in-process jobs still hold (a traceback keeps their tensors, e.g. after out of memory)."""
+    import gc
+    import sys
+
+    for ret in returns:
+        if isinstance(ret._return_value, BaseException):
+            ret._return_value.__traceback__ = None
+        ret.return_value = None
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _fail_one(study: optuna.Study, trial: optuna.Trial, error: str) -> str:
