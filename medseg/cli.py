@@ -80,7 +80,10 @@ def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return task(*args, **kwargs)
         except Exception as exc:
-            if _env_true("MEDSEG_DEBUG") or os.environ.get("_MEDSEG_USER_DEBUG") == "1" or _is_multirun():
+            if _is_multirun():
+                _log_job_failure(exc)
+                raise
+            if _env_true("MEDSEG_DEBUG") or os.environ.get("_MEDSEG_USER_DEBUG") == "1":
                 raise
             message = describe_user_error(exc)
             if message is None:
@@ -97,6 +100,20 @@ def _is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _log_job_failure(exc: BaseException) -> None:
+    """A failed multirun job says why in its own run.log (the sweep goes on; optuna.TrialPruned is no failure)."""
+    import logging
+
+    if type(exc).__name__ == "TrialPruned":
+        return
+    message = describe_user_error(exc)
+    log = logging.getLogger("medseg")
+    if message is not None:
+        log.error("job failed: %s", message)
+    else:
+        log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
 
 def _to_log_file(message: str) -> None:

@@ -56,6 +56,7 @@ class DataConfig:
     class_names: list[str] | None = None
     batch_size: int = 2
     val_batch_size: int | None = None
+    shuffle: bool = True
     val_percent: float = 20.0
     split_file: str | None = None
     fold: int | None = None

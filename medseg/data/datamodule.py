@@ -131,7 +131,8 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError("the train or validation split has no items; add cases or change data.val_percent")
     loader_kwargs = loader_settings(hw)
-    train_loader = make_loader(train_set, int(data_cfg.batch_size), True, loader_kwargs, cfg.seed, world_size, rank)
+    shuffle = bool(data_cfg.shuffle)
+    train_loader = make_loader(train_set, int(data_cfg.batch_size), shuffle, loader_kwargs, cfg.seed, world_size, rank)
     val_bs = int(data_cfg.val_batch_size or data_cfg.batch_size) if dims == 2 else 1
     val_loader = make_loader(val_set, val_bs, False, loader_kwargs, cfg.seed, world_size, rank)
     log.info(

@@ -15,6 +15,7 @@ out-of-memory errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -146,10 +147,12 @@ class Trainer:
                 break
             images, labels = self._to_device(batch)
             weight = images.shape[0] / group_sizes[i // self.accumulate]
-            loss = self._forward_backward(images, labels, weight, counter)
+            step_now = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
+            with self._no_sync(not step_now):  # DDP: average gradients across ranks once per step
+                loss = self._forward_backward(images, labels, weight, counter)
             loss_sum += loss * images.shape[0]
             samples += images.shape[0]
-            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
+            if step_now:
                 grad_norm = self._optimizer_step()
                 if grad_norm is not None:
                     norm_sum += grad_norm
@@ -160,6 +163,9 @@ class Trainer:
                         bar.set_postfix(loss=f"{float(loss):.4f}", dice=_fmt(nan_to_none(dice)), refresh=False)
 
         elapsed = time.perf_counter() - started
+        if self.distributed is not None:
+            loss_sum, samples = self.distributed.sum_loss(loss_sum, samples)
+            self.distributed.sum_(counter.counts)
         scores = counter.scores()
         steps = max(1, self.global_step - steps_before)
         return {
@@ -261,7 +267,10 @@ class Trainer:
         else:  # measure only (clip_grad_norm_ would also rescale every gradient by 1)
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         # One host sync per optimizer step: the only way to skip a non-finite update before it lands.
-        finite_loss, finite_grad = torch.isfinite(torch.stack([self._group_loss, grad_norm.float()])).tolist()
+        flags = torch.isfinite(torch.stack([self._group_loss, grad_norm.float()])).float()
+        if self.distributed is not None:  # every rank skips or steps together
+            self.distributed.min_(flags)
+        finite_loss, finite_grad = flags.bool().tolist()
         self._group_loss = torch.zeros((), device=self.device)
         if not finite_loss or (not finite_grad and not self.scaler.is_enabled()):
             self.optimizer.zero_grad(set_to_none=True)
@@ -452,6 +461,11 @@ class Trainer:
         images = batch["image"].to(self.device, non_blocking=non_blocking, memory_format=self.memory_format)
         labels = batch["label"].to(self.device, non_blocking=non_blocking)
         return images, labels
+
+    def _no_sync(self, skip_sync: bool) -> Any:
+        if skip_sync and self.distributed is not None and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
 
     def _free_memory(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

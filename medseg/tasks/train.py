@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -13,8 +14,10 @@ from medseg.config.redact import redact_config
 from medseg.data.datamodule import build_data, make_loader
 from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
 from medseg.engine.checkpoint import library_versions, load_checkpoint
+from medseg.engine.distributed import DistContext, init_distributed, shared_run_dir
 from medseg.engine.histograms import ParameterHistograms
 from medseg.engine.image_panels import ImagePanels
+from medseg.engine.optuna_pruning import OptunaPruning
 from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
@@ -23,6 +26,7 @@ from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
+from medseg.sweeps.trial_context import current_trial
 from medseg.tasks.build import build_optimizer, build_train_loss, load_weights
 from medseg.tracking.base import build_trackers
 
@@ -30,18 +34,32 @@ log = logging.getLogger(__name__)
 
 
 def run_train(cfg: DictConfig) -> float | None:
-    out = run_dir(cfg)
     tcfg = cfg.trainer
+    ddp = init_distributed(tcfg.strategy, cfg.hardware.device)  # None unless trainer.strategy=ddp under torchrun
+    try:
+        return _train(cfg, ddp)
+    finally:
+        if ddp is not None:
+            ddp.close()
+
+
+def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
+    tcfg = cfg.trainer
+    out = shared_run_dir(ddp, run_dir(cfg))
+    main_process = ddp is None or ddp.is_main
+    world_size, rank = (ddp.world_size, ddp.rank) if ddp is not None else (1, 0)
     seed_everything(int(cfg.seed))
     resolve_auto_hardware(cfg)  # hardware=auto: apply the preset that fits this machine
-    device = select_device(cfg.hardware.device)
+    device = ddp.device if ddp is not None else select_device(cfg.hardware.device)
     apply_backend_flags(cfg.hardware, bool(tcfg.deterministic))
     ckpt = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
 
     # 1. data: cases -> split -> checks -> cached datasets -> loaders
-    data = build_data(cfg)
+    with ddp.rank0_first() if ddp is not None else contextlib.nullcontext():  # rank 0 writes shared caches
+        data = build_data(cfg, world_size, rank)
     info = data.info
-    write_json(out / "label_map.json", {str(i): name for i, name in enumerate(info.class_names)})
+    if main_process:
+        write_json(out / "label_map.json", {str(i): name for i, name in enumerate(info.class_names)})
 
     # 2. model, loss, optimizer, schedule, precision
     seed_everything(int(cfg.seed))
@@ -53,7 +71,8 @@ def run_train(cfg: DictConfig) -> float | None:
     model.to(device)
     if cfg.hardware.channels_last and info.dims == 2:
         model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if cfg.hardware.compile else model
+    train_model = ddp.wrap(model) if ddp is not None else model
+    train_model = torch.compile(train_model) if cfg.hardware.compile else train_model
     loss_fn = build_train_loss(tcfg.loss, model)
     optimizer = build_optimizer(cfg.optimizer, model)
     precision = resolve_precision(tcfg.precision, device)
@@ -69,17 +88,18 @@ def run_train(cfg: DictConfig) -> float | None:
         n_batches = min(n_batches, int(tcfg.limit_train_batches))
     schedule = LRSchedule(cfg.scheduler, optimizer, math.ceil(n_batches / accumulate), int(tcfg.max_epochs))
     log.info(
-        "device %s, precision %s, micro-batch %d x accumulation %d = effective batch %d",
+        "device %s, precision %s, micro-batch %d x accumulation %d x %d process(es) = effective batch %d",
         device,
         precision.name,
         cfg.data.batch_size,
         accumulate,
-        cfg.data.batch_size * accumulate,
+        world_size,
+        cfg.data.batch_size * accumulate * world_size,
     )
 
     # 3. callbacks and trackers
     resume_ids = dict(ckpt.get("tracker_ids", {})) if (ckpt is not None and tcfg.resume) else {}
-    trackers = build_trackers(cfg.logger, out, resume_ids)
+    trackers = build_trackers(cfg.logger, out, resume_ids) if main_process else []
     facts = {"dataset": info.as_dict(), "model": model_facts, "hardware": cfg.hardware.name, "device": str(device)}
     plain_cfg = redact_config(cfg)  # secrets masked before anything leaves this process
     for tracker in trackers:
@@ -96,6 +116,9 @@ def run_train(cfg: DictConfig) -> float | None:
     if tcfg.early_stopping.enabled:
         es = tcfg.early_stopping
         callbacks.insert(0, EarlyStopping(tcfg.monitor, tcfg.monitor_mode, es.patience, es.min_delta, es.restore_best))
+    trial = current_trial()  # an Optuna trial of the medseg_optuna sweeper: report each epoch, maybe prune
+    if trial is not None:
+        callbacks.append(OptunaPruning(trial, str(tcfg.monitor)))  # last: the epoch's files are written first
 
     extra_state = {
         "config_yaml": OmegaConf.to_yaml(OmegaConf.create(plain_cfg)),
@@ -108,7 +131,8 @@ def run_train(cfg: DictConfig) -> float | None:
     }
 
     def loader_factory(batch_size: int) -> Any:
-        return make_loader(data.train_set, batch_size, True, data.loader_kwargs, int(cfg.seed))
+        shuffle = bool(cfg.data.shuffle)
+        return make_loader(data.train_set, batch_size, shuffle, data.loader_kwargs, int(cfg.seed), world_size, rank)
 
     trainer = Trainer(
         train_model,
@@ -132,7 +156,7 @@ def run_train(cfg: DictConfig) -> float | None:
         limit_train_batches=tcfg.limit_train_batches,
         limit_val_batches=tcfg.limit_val_batches,
         max_nonfinite_steps=int(tcfg.max_nonfinite_steps),
-        oom_recovery=bool(tcfg.oom_recovery),
+        oom_recovery=bool(tcfg.oom_recovery) and ddp is None,  # halving one rank's batch would desync DDP
         seed=int(cfg.seed),
         callbacks=callbacks,
         inferer=make_inferer(cfg.data, overlap=float(cfg.predict.overlap)),
@@ -140,6 +164,7 @@ def run_train(cfg: DictConfig) -> float | None:
         channels_last=bool(cfg.hardware.channels_last) and info.dims == 2,
         progress_bar=bool(tcfg.progress_bar),
         extra_state=extra_state,
+        distributed=ddp,
     )
     exit_code = 1
     try:  # trackers are finished whatever happens, so a multirun's next job starts a fresh run
