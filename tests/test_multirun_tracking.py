@@ -8,7 +8,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+
+from tests.conftest import TINY
 
 FAKE_KEY = "fk-multirun-0123456789abcdef"
 

@@ -264,9 +264,16 @@ def layout_mismatch(root: Path, chosen: str, expected: str, data_cfg: Any) -> st
     return f"data.root={root} does not match data={chosen} (expected {expected}); {hint}"
 
 
+def read_uwmgi(data_cfg: Any, cache_dir: str) -> CaseSet:
+    from medseg.data.uwmgi import read_uwmgi as convert_and_read
+
+    return convert_and_read(data_cfg, cache_dir)
+
+
 READERS: dict[str, Callable[[Any, str], CaseSet]] = {
     "synthetic": read_synthetic,
     "msd": read_msd,
     "folder": read_folder,
     "totalseg": read_totalseg,
+    "uwmgi": read_uwmgi,
 }

@@ -15,7 +15,11 @@ def split_cases(cases: list[dict[str, Any]], data_cfg: Any, seed: int) -> tuple[
     """Return (train, val) case lists; the same seed and cases give the same split."""
     if data_cfg.split_file:
         return _from_file(cases, Path(str(data_cfg.split_file)).expanduser())
-    order = sorted(cases, key=lambda c: c["id"])
+    # cases of one subject (e.g. several scan days of a patient) stay on one side of the split
+    groups: dict[str, list[str]] = {}
+    for c in sorted(cases, key=lambda c: c["id"]):
+        groups.setdefault(str(c.get("subject", c["id"])), []).append(c["id"])
+    order = [{"id": key} for key in sorted(groups)]
     random.Random(seed).shuffle(order)
     if data_cfg.fold is not None:
         k = int(data_cfg.num_folds)
@@ -34,6 +38,7 @@ def split_cases(cases: list[dict[str, Any]], data_cfg: Any, seed: int) -> tuple[
                 f"data.val_percent={pct} leaves no training case out of {len(order)}; lower it or add cases"
             )
         val_ids = {c["id"] for c in order[:n_val]}
+    val_ids = {case_id for key in val_ids for case_id in groups[key]}
     train = [c for c in cases if c["id"] not in val_ids]
     val = [c for c in cases if c["id"] in val_ids]
     return train, val

@@ -40,9 +40,7 @@ def intensity_transforms(intensity: Any, key: str = "image") -> list:
         ],
         "imagenet": lambda: [
             T.ScaleIntensityd(keys=key, minv=0.0, maxv=1.0),
-            T.NormalizeIntensityd(
-                keys=key, subtrahend=list(intensity.mean), divisor=list(intensity.std), channel_wise=True
-            ),
+            ImageNetNormalized(key, list(intensity.mean), list(intensity.std)),
         ],
     }
     if preset not in builders:
@@ -50,6 +48,34 @@ def intensity_transforms(intensity: Any, key: str = "image") -> list:
 
         raise ConfigError(f"data.intensity.preset={preset!r} is not known; choose one of {sorted(builders)}")
     return builders[preset]()
+
+
+class ImageNetNormalized:
+    """(x - mean) / std per channel; a grey image (one channel) takes the mean of the RGB statistics."""
+
+    def __init__(self, key: str, mean: list[float], std: list[float]) -> None:
+        self.key, self.mean, self.std = key, mean, std
+
+    def __call__(self, item: dict) -> dict:
+        import torch
+
+        image = item[self.key]
+        channels = image.shape[0]
+        mean, std = self.mean, self.std
+        if channels != len(mean):
+            if channels != 1:
+                from medseg.errors import ConfigError
+
+                raise ConfigError(
+                    f"data.intensity.mean has {len(mean)} values but images have {channels} channels;"
+                    " give one value per channel"
+                )
+            mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+        shape = (channels,) + (1,) * (image.ndim - 1)
+        m = torch.as_tensor(mean, dtype=image.dtype).reshape(shape)
+        s = torch.as_tensor(std, dtype=image.dtype).reshape(shape)
+        item[self.key] = (image - m) / s
+        return item
 
 
 def volume_transforms(data_cfg: Any, with_label: bool = True) -> Any:
