@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medseg.io_utils import atomic_write, write_json
+from medseg.io_utils import write_figure, write_json
 
 PANELS = [
     ("Loss", ["train/loss", "val/loss"], False),
@@ -41,11 +41,4 @@ def plot_history(path: str | Path, history: list[dict[str, Any]]) -> Path:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-
-    def _save(tmp: str) -> None:
-        fig.savefig(tmp, dpi=80, format="png")
-
-    try:
-        return atomic_write(path, _save)
-    finally:
-        plt.close(fig)
+    return write_figure(path, fig)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from medseg.errors import ConfigError
-from medseg.io_utils import atomic_write, write_json
+from medseg.io_utils import write_figure, write_json
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +190,4 @@ def plot_lr_find(path: str | Path, result: dict[str, Any]) -> Path:
     ax.set_title("LR range test")
     ax.legend()
     fig.tight_layout()
-
-    def _save(tmp: str) -> None:
-        fig.savefig(tmp, dpi=80, format="png")
-
-    try:
-        return atomic_write(path, _save)
-    finally:
-        plt.close(fig)
+    return write_figure(path, fig)
