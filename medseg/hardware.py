@@ -63,10 +63,35 @@ def command_line_keys(overrides: Iterable[str] | None = None) -> set[str]:
     return keys
 
 
-def resolve_auto_hardware(cfg: DictConfig, overrides: Iterable[str] | None = None) -> str | None:
+def experiment_keys(experiment: str | None = None) -> set[str]:
+    """Keys the chosen `experiment=` recipe sets; a recipe's values win over the auto preset too."""
+    if experiment is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.initialized():
+                experiment = HydraConfig.get().runtime.choices.get("experiment")
+        except Exception:  # noqa: BLE001 - outside a Hydra run there is no chosen experiment
+            experiment = None
+    if not experiment:
+        return set()
+    from medseg.runtime import conf_dir
+
+    path = conf_dir() / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        return set()
+    recipe = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    recipe.pop("defaults", None)
+    return {key for key, _ in _flatten(recipe)}
+
+
+def resolve_auto_hardware(
+    cfg: DictConfig, overrides: Iterable[str] | None = None, experiment: str | None = None
+) -> str | None:
     """With hardware.name=auto, apply the preset that fits this machine to `cfg` in place.
 
-    Keys given on the command line (or in `overrides`) keep the user's value. Returns the chosen
+    Keys given on the command line (or in `overrides`) and keys set by the chosen experiment recipe keep
+    their values. Returns the chosen
     preset, or None when hardware is not auto.
     """
     if cfg.hardware.name != "auto":
@@ -81,7 +106,7 @@ def resolve_auto_hardware(cfg: DictConfig, overrides: Iterable[str] | None = Non
     if not path.is_file():
         raise ConfigError(f"hardware=auto chose {name} but {path} is missing; restore the preset or pick hardware=...")
     preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    user_keys = command_line_keys(overrides)
+    user_keys = command_line_keys(overrides) | experiment_keys(experiment)
     kept = []
     for key, value in _flatten(preset):
         if key in user_keys:
@@ -94,7 +119,7 @@ def resolve_auto_hardware(cfg: DictConfig, overrides: Iterable[str] | None = Non
         "hardware=auto: preset %s because %s%s",
         name,
         why,
-        f"; kept from the command line: {', '.join(sorted(kept))}" if kept else "",
+        f"; kept from the command line or recipe: {', '.join(sorted(kept))}" if kept else "",
     )
     return name
 

@@ -110,7 +110,15 @@ def test_auto_applies_the_gpu_preset_but_keeps_command_line_keys(compose, monkey
     assert cfg.data.batch_size == 3  # the user's value
     assert cfg.data.scale == 0.5 and str(cfg.trainer.precision) == "16-mixed"
     assert cfg.model.grad_checkpointing is False  # the model still reads the applied hardware keys
-    assert "kept from the command line: data.batch_size" in caplog.text
+    assert "kept from the command line or recipe: data.batch_size" in caplog.text
+
+
+def test_auto_keeps_the_values_of_an_experiment_recipe(compose, monkeypatch):
+    monkeypatch.setattr("medseg.hardware.cuda_memory_gib", lambda device_index=0: 7.8)
+    cfg = compose("hardware=auto", "experiment=totalseg_unet2d", tiny=False)
+    assert resolve_auto_hardware(cfg, overrides=["hardware=auto"], experiment="totalseg_unet2d") == "8gb"
+    assert cfg.data.batch_size == 16 and cfg.trainer.accumulate_grad_batches == 1  # the recipe's
+    assert str(cfg.trainer.precision) == "16-mixed" and cfg.hardware.num_workers == 4  # the preset's
 
 
 def test_auto_does_nothing_for_a_named_preset(compose):
