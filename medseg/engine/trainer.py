@@ -153,10 +153,11 @@ class Trainer:
             loss_sum += loss * images.shape[0]
             samples += images.shape[0]
             if step_now:
+                step_before = self.global_step
                 grad_norm = self._optimizer_step()
                 if grad_norm is not None:
                     norm_sum += grad_norm
-                if self.global_step % self.log_every_n_steps == 0:
+                if self.global_step != step_before and self.global_step % self.log_every_n_steps == 0:
                     self._log_step(loss, grad_norm)
                     if bar is not self.train_loader:  # postfix only at logging steps: no extra host sync
                         dice = foreground_mean(counter.scores()["dice"])
