@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,14 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 from medseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunParts:
-    device: torch.device
-    data: Any
-    model: torch.nn.Module
-    model_facts: dict[str, Any]
 
 
 def build_loss(loss_cfg: Any) -> Any:
