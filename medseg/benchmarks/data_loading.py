@@ -53,6 +53,7 @@ def loader_rate(loader: Any, steps: int) -> tuple[float, int]:
 def model_rate(cfg: Any, info: Any, batch: dict, steps: int, warmup: int) -> tuple[float, str]:
     import torch
 
+    from medseg.engine.plain_step import plain_train_step
     from medseg.engine.precision import resolve_precision
     from medseg.models.factory import build_model
     from medseg.runtime import select_device
@@ -66,12 +67,7 @@ def model_rate(cfg: Any, info: Any, batch: dict, steps: int, warmup: int) -> tup
     images, labels = batch["image"].to(device), batch["label"].to(device)
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast(device):
-            loss = loss_fn(model(images), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        plain_train_step(model, loss_fn, optimizer, scaler, precision, device, images, labels)
 
     for _ in range(warmup):
         step()

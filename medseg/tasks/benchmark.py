@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from medseg.data.datamodule import build_data
+from medseg.engine.plain_step import plain_train_step
 from medseg.engine.precision import resolve_precision
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
@@ -66,12 +67,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
 
     def train_step(batch: dict[str, torch.Tensor]) -> None:
         images, labels = batch["image"].to(device), batch["label"].to(device)
-        with precision.autocast(device):
-            loss = loss_fn(model(images), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        plain_train_step(model, loss_fn, optimizer, scaler, precision, device, images, labels)
 
     @torch.no_grad()
     def infer_step(batch: dict[str, torch.Tensor]) -> None:

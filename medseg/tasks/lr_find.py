@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from medseg.engine.plain_step import plain_train_step
 from medseg.errors import ConfigError
 from medseg.io_utils import write_figure, write_json
 
@@ -123,13 +124,8 @@ def lr_range_test(
         if batch is None:
             break
         images, labels = batch["image"].to(device), batch["label"].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast(device):
-            loss = loss_fn(model(images), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        value = float(loss.detach())
+        loss = plain_train_step(model, loss_fn, optimizer, scaler, precision, device, images, labels)
+        value = float(loss)  # read every step: the sweep stops as soon as the loss diverges
         lrs.append(lr)
         losses.append(value)
         if not math.isfinite(value):
