@@ -47,6 +47,14 @@ class IntensityConfig:
 
 
 @dataclass
+class StoreConfig:
+    dir: str | None = None
+    image_dtype: str = "float32"
+    workers: int | None = None
+    fg_samples: int = 1000
+
+
+@dataclass
 class DataConfig:
     layout: str = "synthetic"
     root: str | None = None
@@ -68,10 +76,10 @@ class DataConfig:
     samples_per_volume: int = 2
     pos_neg_ratio: float = 1.0
     pad_divisible: int = 16
+    context_slices: int = 0
     drop_empty_slices: bool = False
     foreground_slice_ratio: float | None = None
     cache_rate: float = 1.0
-    cache_dir: str | None = None
     check: bool = True
     images_dir: str = "imgs"
     masks_dir: str = "masks"
@@ -82,6 +90,7 @@ class DataConfig:
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 @dataclass

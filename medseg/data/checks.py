@@ -1,15 +1,14 @@
 """Checks on the data before any training: one error listing the first bad cases and the fix.
 
 Two passes: `check_files` (cheap, before decoding: every listed file exists) and `check_volumes`
-(on the decoded, cached volumes: readable, shapes agree, finite voxels, label values in range,
-data.num_classes consistent with the labels and the layout).
+(on what the case store recorded while decoding each case: readable, shapes agree, finite voxels,
+label values in range, data.num_classes consistent with the labels and the layout). The second pass
+reads only the stored metadata, so a run on a ready store rescans no voxel.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import torch
 
 from medseg.errors import DataError
 
@@ -47,13 +46,13 @@ def raise_problems(problems: list[str], what: str, fix: str) -> None:
 
 
 def check_volumes(
-    volumes: Any,
+    metas: list[dict[str, Any]],
     num_classes: int | None,
     what: str,
     cases: list[dict[str, Any]] | None = None,
     declared: tuple[int, str] | None = None,
 ) -> int:
-    """Validate every cached volume; return the number of classes (inferred when not given).
+    """Validate every case from its store metadata; return the number of classes (inferred when not given).
 
     `num_classes` is data.num_classes (None = infer); `declared` is (count, source) when the layout
     names its classes (dataset.json labels, structure files), used when num_classes is None.
@@ -69,24 +68,25 @@ def check_volumes(
     problems: list[str] = []
     too_high: list[str] = []
     max_label = 0
-    for i in range(len(volumes)):
-        item = volumes[i]
-        case = item.get("id", str(i))
-        where = _where(cases[i] if cases is not None and i < len(cases) else item)
-        if "_error" in item:
-            problems.append(f"{case}: {item['_error']}")
+    for i, meta in enumerate(metas):
+        case = meta.get("id", str(i))
+        where = _where(cases[i] if cases is not None and i < len(cases) else meta)
+        if "error" in meta:
+            problems.append(f"{case}: {meta['error']}")
             continue
-        image, label = item["image"], item["label"]
-        if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+        image_shape, label_shape = tuple(meta["image_shape"][1:]), tuple(meta["label_shape"][1:])
+        if image_shape != label_shape:
             problems.append(
-                f"{case}: image shape {tuple(image.shape[1:])} != label shape {tuple(label.shape[1:])} ({where}); "
+                f"{case}: image shape {image_shape} != label shape {label_shape} ({where}); "
                 "the label must be on the image's grid"
             )
             continue
-        if not torch.isfinite(image).all():
-            n_bad = int((~torch.isfinite(image)).sum())
-            problems.append(f"{case}: image has {n_bad} NaN/Inf voxel(s) ({where}); clean or re-export the image")
-        lo, hi = int(label.min()), int(label.max())
+        check = meta["check"]
+        if check["n_nonfinite"]:
+            problems.append(
+                f"{case}: image has {check['n_nonfinite']} NaN/Inf voxel(s) ({where}); clean or re-export the image"
+            )
+        lo, hi = int(check["label_min"]), int(check["label_max"])
         if lo < 0:
             problems.append(f"{case}: negative label value {lo} ({where}); labels must be class indices >= 0")
         if limit is not None and hi >= limit:

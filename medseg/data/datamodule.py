@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from medseg.data.checks import check_files, check_volumes
-from medseg.data.datasets import SliceDataset, VolumeDataset, cached_volumes
+from medseg.data.datasets import PatchDataset, SliceDataset, StoreVolumes, VolumeDataset
 from medseg.data.layouts import read_cases
 from medseg.data.split import split_cases
-from medseg.data.transforms import item_transforms, volume_transforms
+from medseg.data.transforms import item_transforms
 from medseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -65,41 +66,37 @@ def class_names_for(data_cfg: Any, layout_names: list[str] | None, num_classes: 
 
 
 def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
-    """Read, split, check and cache the data; return loaders and dataset facts."""
+    """Read, split and check the data, build what the case store lacks; return loaders and dataset facts."""
     data_cfg, hw = cfg.data, cfg.hardware
     dims = int(data_cfg.dims)
     check_geometry_settings(data_cfg)
-    caseset = read_cases(data_cfg, str(cfg.paths.cache_dir))
-    detected = caseset.extra.get("mask_values")
-    if detected and data_cfg.mask_values is None:
-        # into the config, so the stored run config (evaluate, predict) maps masks the same way
-        _set_key(data_cfg, "mask_values", list(detected))
-        log.info("masks store values %s; mapped to classes 0..%d", detected, len(detected) - 1)
-    if data_cfg.check:
-        check_files(caseset.cases, "dataset")
+    caseset = read_checked_cases(cfg)
     train_cases, val_cases = split_cases(caseset.cases, data_cfg, seed=int(cfg.seed))
-    chain = volume_transforms(data_cfg)
-    train_vols = cached_volumes(train_cases, chain, data_cfg, hw.num_workers)
-    val_vols = cached_volumes(val_cases, chain, data_cfg, hw.num_workers)
+    store = case_store(cfg, train_cases + val_cases, caseset.root)
+    cache_rate = float(data_cfg.cache_rate)
+    train_vols = StoreVolumes(store, train_cases, cache_rate)
+    val_vols = StoreVolumes(store, val_cases, cache_rate)
 
     num_classes = data_cfg.num_classes
     declared = None
     if caseset.class_names:
         declared = (len(caseset.class_names), caseset.extra.get("class_source", "the layout's class names"))
     if data_cfg.check:
-        k_train = check_volumes(train_vols, num_classes, "training", train_cases, declared)
-        k_val = check_volumes(val_vols, num_classes, "validation", val_cases, declared)
+        train_meta = [train_vols.meta(i) for i in range(len(train_vols))]
+        val_meta = [val_vols.meta(i) for i in range(len(val_vols))]
+        k_train = check_volumes(train_meta, num_classes, "training", train_cases, declared)
+        k_val = check_volumes(val_meta, num_classes, "validation", val_cases, declared)
         num_classes = max(k_train, k_val)
     elif num_classes is None:
         if declared is None:
             raise DataError("data.num_classes is null and data.check=false; set data.num_classes or enable the check")
         num_classes = declared[0]
-    first = train_vols[0]
-    if "_error" in first:
-        raise DataError(f"{first['id']}: {first['_error']}")
-    in_channels = int(first["image"].shape[0])
-    if dims == 3 and first["image"].ndim == 3:
+    first = train_vols.require(0)
+    image_channels = int(first["image_shape"][0])
+    if dims == 3 and len(first["spatial_shape"]) == 2:
         raise ConfigError("data.dims=3 needs 3D volumes but these images are 2D; use data.dims=2")
+    context = context_slices(data_cfg)
+    in_channels = image_channels * (2 * context + 1)
 
     train_tf, val_tf = item_transforms(data_cfg, train=True), item_transforms(data_cfg, train=False)
     if dims == 2:
@@ -110,12 +107,16 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
             drop_empty=bool(data_cfg.drop_empty_slices),
             foreground_ratio=data_cfg.foreground_slice_ratio,
             seed=int(cfg.seed),
+            context=context,
         )
-        val_set = SliceDataset(val_vols, int(data_cfg.slice_axis), val_tf)
-    else:
-        per_volume = int(data_cfg.samples_per_volume) if data_cfg.patch_size else 1
-        train_set = VolumeDataset(train_vols, _patch_sampler(data_cfg, train_tf), items_per_index=per_volume)
+        val_set = SliceDataset(val_vols, int(data_cfg.slice_axis), val_tf, context=context)
+    elif data_cfg.patch_size:
+        samples = int(data_cfg.samples_per_volume)
+        patch = list(data_cfg.patch_size)
+        train_set = PatchDataset(train_vols, patch, samples, float(data_cfg.pos_neg_ratio), train_tf)
         val_set = VolumeDataset(val_vols, val_tf)
+    else:
+        train_set, val_set = VolumeDataset(train_vols, train_tf), VolumeDataset(val_vols, val_tf)
 
     info = DatasetInfo(
         in_channels=in_channels,
@@ -148,6 +149,40 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     return DataBundle(train_loader, val_loader, info, train_set, val_set, val_vols, loader_kwargs)
 
 
+def read_checked_cases(cfg: Any) -> Any:
+    """The layout's cases, mask values detected into the config, every listed file present (data.check)."""
+    data_cfg = cfg.data
+    caseset = read_cases(data_cfg, str(cfg.paths.cache_dir))
+    detected = caseset.extra.get("mask_values")
+    if detected and data_cfg.mask_values is None:
+        # into the config, so the stored run config (evaluate, predict) maps masks the same way
+        _set_key(data_cfg, "mask_values", list(detected))
+        log.info("masks store values %s; mapped to classes 0..%d", detected, len(detected) - 1)
+    if data_cfg.check:
+        check_files(caseset.cases, "dataset")
+    return caseset
+
+
+def case_store(cfg: Any, cases: list[dict[str, Any]], source: Any) -> Any:
+    """The case store of this data config, every case in `cases` built (missing ones now, in parallel)."""
+    from medseg.data.store import _store_cfg, open_store
+
+    workers = _store_cfg(cfg.data).get("workers")
+    workers = int(cfg.hardware.num_workers) if workers is None else int(workers)
+    progress = bool(OmegaConf.select(cfg, "trainer.progress_bar", default=True))
+    return open_store(cfg.data, str(cfg.paths.cache_dir), cases, source, workers=workers, progress=progress)
+
+
+def context_slices(data_cfg: Any) -> int:
+    """data.context_slices (k): 2D items carry 2k+1 neighbouring slices as channels."""
+    k = int(OmegaConf.select(data_cfg, "context_slices", default=0) or 0)
+    if k < 0:
+        raise ConfigError(f"data.context_slices={k} must be >= 0")
+    if k and int(data_cfg.dims) != 2:
+        raise ConfigError(f"data.context_slices={k} is for 2D training; use data.context_slices=0 with data.dims=3")
+    return k
+
+
 def check_geometry_settings(data_cfg: Any) -> None:
     """Config combinations that cannot work, caught before any file is read."""
     dims = int(data_cfg.dims)
@@ -155,6 +190,7 @@ def check_geometry_settings(data_cfg: Any) -> None:
         raise ConfigError(f"data.dims={dims} must be 2 or 3")
     if dims == 2 and not 0 <= int(data_cfg.slice_axis) <= 2:
         raise ConfigError(f"data.slice_axis={data_cfg.slice_axis} must be 0, 1 or 2")
+    context_slices(data_cfg)
     k = int(data_cfg.pad_divisible)
     if k < 1:
         raise ConfigError(f"data.pad_divisible={k} must be >= 1")
@@ -180,23 +216,6 @@ def _set_key(node: Any, key: str, value: Any) -> None:
             node[key] = value
     else:
         node[key] = value
-
-
-def _patch_sampler(data_cfg: Any, train_tf: Any) -> Any:
-    from monai import transforms as T
-
-    if not data_cfg.patch_size:
-        return train_tf
-    crop = T.RandCropByPosNegLabeld(
-        keys=["image", "label"],
-        label_key="label",
-        spatial_size=list(data_cfg.patch_size),
-        pos=float(data_cfg.pos_neg_ratio),
-        neg=1.0,
-        num_samples=int(data_cfg.samples_per_volume),
-        allow_smaller=True,
-    )
-    return T.Compose([T.SpatialPadd(keys=["image", "label"], spatial_size=list(data_cfg.patch_size)), crop, train_tf])
 
 
 def loader_settings(hw: Any) -> dict[str, Any]:

@@ -1,8 +1,11 @@
-"""Datasets over cached volumes: 2D slices of 3D volumes, or random 3D patches.
+"""Datasets over the case store: 2D slices (or 2.5D slabs) of 3D volumes, random 3D patches, whole volumes.
 
-Volumes pass the deterministic transform chain once (MONAI CacheDataset / PersistentDataset); a
-read error is kept as a marker so that the data check can name every bad case at once.
-Slices and patches are cut from those cached volumes, so after the first pass no file is decoded.
+Cases pass the deterministic transform chain once, into the case store (medseg/data/store.py); a read
+error is stored as a marker so that the data check can name every bad case at once. Items read only
+what they need from the memory-mapped store: one slice, a slab of 2k+1 slices, or the chunks under a
+patch. Which slices hold foreground and where each class lies come from the stored metadata, so no
+label is scanned at run time. The process keeps its index, not the volumes (unless data.cache_rate asks
+to hold small datasets in RAM).
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ class GuardedChain(Transform):
 
     def __call__(self, case: dict) -> dict:
         try:
-            out = self.chain(dict(case))
+            out = self.chain(dict(case), end=1)  # loading: the original geometry is still in the metadata
+            geometry = image_geometry(out["image"])
+            out = self.chain(out, start=1)
         except Exception as exc:  # noqa: BLE001 - reported per case by the data check
             return {"id": case["id"], "_error": describe_failure(case, exc)}
         out["id"] = case["id"]
+        out["_geometry"] = geometry
         out["image"] = plain(out["image"]).float()
         if "label" in out:
             label = plain(out["label"])
@@ -40,6 +46,16 @@ class GuardedChain(Transform):
                 return {"id": case["id"], "_error": f"label has NaN/Inf values ({case.get('label')}); fix the mask"}
             out["label"] = label.round().to(torch.int16)
         return out
+
+
+def image_geometry(image: Any) -> dict[str, Any]:
+    """Shape, affine and voxel spacing (mm) of an image as read from its file (predict/evaluate map back to it)."""
+    meta = getattr(image, "meta", {}) or {}
+    affine = meta.get("original_affine", meta.get("affine"))
+    affine = np.asarray(affine, dtype=np.float64) if affine is not None else np.eye(image.ndim)
+    spatial = [int(s) for s in np.asarray(meta.get("spatial_shape", image.shape[1:])).ravel()]
+    spacing = np.sqrt((affine[:-1, :-1] ** 2).sum(axis=0))
+    return {"shape": spatial, "affine": affine.tolist(), "spacing": [float(s) for s in spacing]}
 
 
 def describe_failure(case: dict, exc: Exception) -> str:
@@ -72,104 +88,254 @@ def _first_unreadable(paths: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def cached_volumes(cases: list[dict], chain: Any, data_cfg: Any, num_workers: int) -> Any:
-    from monai.data import CacheDataset, PersistentDataset
-    from monai.data import Dataset as MonaiDataset
+class StoreVolumes:
+    """The cases of one split in the store, in case order. `volumes[i]` reads case i whole.
 
-    guarded = GuardedChain(chain)
-    if data_cfg.cache_dir:
-        return PersistentDataset(data=cases, transform=guarded, cache_dir=str(data_cfg.cache_dir))
-    if data_cfg.cache_rate > 0:
-        return CacheDataset(  # copy_cache=False: items are only read, never modified in place
-            data=cases,
-            transform=guarded,
-            copy_cache=False,
-            cache_rate=float(data_cfg.cache_rate),
-            num_workers=max(1, num_workers),
-            progress=False,
-        )
-    return MonaiDataset(data=cases, transform=guarded)
+    With data.cache_rate > 0 the first share of cases is read into RAM once (small data: per-item
+    reads then cost nothing); with 0 every read goes to the memory-mapped store.
+    """
+
+    def __init__(self, store: Any, cases: list[dict], cache_rate: float = 0.0) -> None:
+        self.store, self.data = store, cases
+        self.case_ids = [c["id"] for c in cases]
+        self._ram: dict[int, dict[str, np.ndarray]] = {}
+        for i in range(int(len(cases) * float(cache_rate))):
+            if "error" not in self.meta(i):
+                self._ram[i] = {
+                    part: np.asarray(store.array(self.case_ids[i], part)[...]) for part in ("image", "label")
+                }
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def meta(self, i: int) -> dict:
+        return self.store.meta(self.case_ids[i])
+
+    def spatial_shape(self, i: int) -> list[int]:
+        return self.require(i)["spatial_shape"]
+
+    def require(self, i: int) -> dict:
+        """Case i's metadata, or a DataError when it could not be read (reached only with data.check=false)."""
+        meta = self.meta(i)
+        if "error" in meta:
+            from medseg.errors import DataError
+
+            raise DataError(f"case {meta['id']}: {meta['error']}; fix it (data.check=true lists every bad case)")
+        return meta
+
+    def read(self, i: int, part: str, index: tuple = (Ellipsis,)) -> np.ndarray:
+        """A region of case i's `image` (float32) or `label` (int16/int32), indexed like a numpy array."""
+        held = self._ram.get(i)
+        arr = held[part][index] if held is not None else self.store.array(self.case_ids[i], part)[index]
+        arr = np.asarray(arr)
+        if part == "image":
+            return arr.astype(np.float32, copy=False)
+        return arr.astype(np.int16 if arr.dtype == np.uint8 else np.int32, copy=False)
+
+    def __getitem__(self, i: int) -> dict:
+        self.require(i)
+        return {
+            "id": self.case_ids[i],
+            "image": torch.from_numpy(self.read(i, "image")),
+            "label": torch.from_numpy(self.read(i, "label")),
+        }
+
+
+def _at(axis: int, index: Any) -> tuple:
+    """Index along spatial `axis` of a (C, *spatial) array."""
+    return (slice(None),) * (axis + 1) + (index,)
 
 
 class SliceDataset(Dataset):
-    """2D items: every slice along `axis` of each volume (a native 2D image is one slice)."""
+    """2D items: slices along `axis` of each volume (a native 2D image is one slice), in case order.
+
+    context=k gives each item the 2k+1 neighbouring slices as channels (edges replicated). With
+    `foreground_ratio` every foreground slice is used each epoch plus background slices drawn anew
+    each epoch from (seed, epoch) — `set_epoch` is called by the trainer before each epoch; the epoch
+    lives in shared memory so that persistent DataLoader workers see it.
+    """
 
     def __init__(
         self,
-        volumes: Any,
+        volumes: StoreVolumes,
         axis: int,
         transform: Any,
         drop_empty: bool = False,
         foreground_ratio: float | None = None,
         seed: int = 0,
+        context: int = 0,
     ) -> None:
-        self.volumes, self.axis, self.transform = volumes, axis, transform
-        self.index: list[tuple[int, int]] = []
+        self.volumes, self.axis, self.transform, self.context = volumes, axis, transform, int(context)
+        self.seed = int(seed)
+        index: list[tuple[int, int]] = []
         fg: list[bool] = []
         for v in range(len(volumes)):
-            label = loaded(volumes, v)["label"]
-            if label.ndim == 3:  # native 2D: (1, H, W)
-                self.index.append((v, -1))
-                fg.append(bool(label.any()))
+            meta = volumes.require(v)
+            if len(meta["spatial_shape"]) == 2:  # native 2D: (C, H, W)
+                index.append((v, -1))
+                fg.append(any(meta["class_voxels"][1:]))
                 continue
-            other = [d for d in range(3) if d != axis]
-            has_fg = (label[0] > 0).any(dim=other[1]).any(dim=other[0]) if label.numel() else torch.zeros(0)
-            for s in range(label.shape[axis + 1]):
-                self.index.append((v, s))
-                fg.append(bool(has_fg[s]))
-        if drop_empty:
-            kept = [ix for ix, f in zip(self.index, fg) if f]
-            self.index = kept or self.index
-        elif foreground_ratio is not None:
-            self.index = _rebalance(self.index, fg, float(foreground_ratio), seed)
+            flags = meta["foreground_slices"][axis]
+            index += [(v, s) for s in range(len(flags))]
+            fg += [bool(f) for f in flags]
+        self.pos = [ix for ix, f in zip(index, fg) if f]
+        self.neg = [ix for ix, f in zip(index, fg) if not f]
+        self.n_neg = len(self.neg)
+        if drop_empty and self.pos:
+            self.n_neg = 0
+        elif foreground_ratio is not None and self.pos and 0 < float(foreground_ratio) <= 1:
+            ratio = float(foreground_ratio)
+            self.n_neg = min(len(self.neg), int(round(len(self.pos) * (1 - ratio) / ratio)))
+        self._redraw = 0 < self.n_neg < len(self.neg)
+        self.index = index if self.n_neg == len(self.neg) else sorted(self.pos + self.neg[: self.n_neg])
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._drawn_epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = int(epoch)
+
+    def epoch_index(self) -> list[tuple[int, int]]:
+        """This epoch's items: all foreground slices plus this epoch's draw of background ones."""
+        if not self._redraw:
+            return self.index
+        epoch = int(self._epoch[0])
+        if epoch != self._drawn_epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            chosen = np.sort(rng.choice(len(self.neg), size=self.n_neg, replace=False))
+            self.index = sorted(self.pos + [self.neg[j] for j in chosen])
+            self._drawn_epoch = epoch
+        return self.index
+
+    @property
+    def case_ids(self) -> list[str]:
+        return self.volumes.case_ids
+
+    def case_index(self, i: int) -> int:
+        return self.epoch_index()[i][0]
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.pos) + self.n_neg
 
     def __getitem__(self, i: int) -> dict:
-        v, s = self.index[i]
-        vol = loaded(self.volumes, v)
-        if s < 0:
-            item = {"image": vol["image"], "label": vol["label"]}
-        else:
-            item = {"image": vol["image"].select(self.axis + 1, s), "label": vol["label"].select(self.axis + 1, s)}
+        v, s = self.epoch_index()[i]
+        item = {"image": torch.from_numpy(self.image_at(v, s)), "label": torch.from_numpy(self.label_at(v, s))}
         with without_meta():
             return _as_item(self.transform(item))
 
+    def image_at(self, v: int, s: int) -> np.ndarray:
+        """The input channels of slice s of case v: (C, H, W), or (C * (2k+1), H, W) with context."""
+        from medseg.data.context import slab_range, to_channels
 
-def _rebalance(index: list, fg: list[bool], ratio: float, seed: int) -> list:
-    """Keep all foreground slices and enough background ones for a foreground share of `ratio`."""
-    pos = [ix for ix, f in zip(index, fg) if f]
-    neg = [ix for ix, f in zip(index, fg) if not f]
-    if not pos or not 0 < ratio <= 1:
-        return index
-    n_neg = min(len(neg), int(round(len(pos) * (1 - ratio) / ratio)))
-    rng = np.random.default_rng(seed)
-    chosen = [neg[i] for i in sorted(rng.choice(len(neg), size=n_neg, replace=False))] if n_neg else []
-    return sorted(pos + chosen)
+        k = self.context
+        if s < 0:  # native 2D image: its neighbours are itself
+            image = self.volumes.read(v, "image")
+            return np.repeat(image, 2 * k + 1, axis=0) if k else image
+        if k == 0:
+            return self.volumes.read(v, "image", _at(self.axis, s))
+        n = self.volumes.spatial_shape(v)[self.axis]
+        lo, hi, take = slab_range(s, n, k)
+        return to_channels(self.volumes.read(v, "image", _at(self.axis, slice(lo, hi))), self.axis, take)
+
+    def label_at(self, v: int, s: int) -> np.ndarray:
+        return self.volumes.read(v, "label") if s < 0 else self.volumes.read(v, "label", _at(self.axis, s))
 
 
-class VolumeDataset(Dataset):
-    """3D items: whole volumes (validation) or random patches (training) from cached volumes.
+class PatchDataset(Dataset):
+    """3D training items: `samples` random patches per case, read from the chunks they touch.
 
-    With patch sampling one index yields a list of `items_per_index` patches (MONAI's collate
-    flattens them into the batch); the trainer reads it to weight accumulation groups.
+    A patch centre is a stored foreground location with probability pos/(pos+1) (data.pos_neg_ratio:
+    a class present in the case is picked uniformly, then one of its sampled voxels), otherwise any voxel.
+    Volumes smaller than the patch are zero-padded symmetrically, as MONAI's SpatialPad + RandCropByPosNeg
+    did on whole volumes. Randomness comes from torch's generator, which the loader seeds per worker.
     """
 
-    def __init__(self, volumes: Any, transform: Any, items_per_index: int = 1) -> None:
+    def __init__(
+        self, volumes: StoreVolumes, patch_size: list[int], samples: int, pos_neg_ratio: float, transform: Any
+    ) -> None:
         self.volumes, self.transform = volumes, transform
-        self.items_per_index = int(items_per_index)
+        self.patch = [int(p) for p in patch_size]
+        self.items_per_index = int(samples)
+        pos = float(pos_neg_ratio)
+        self.pos_prob = pos / (pos + 1.0) if pos >= 0 else 0.5
+        self._locations: dict[int, dict[int, np.ndarray]] = {}
+        for v in range(len(volumes)):
+            volumes.require(v)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return self.volumes.case_ids
+
+    def case_index(self, i: int) -> int:
+        return i
 
     def __len__(self) -> int:
         return len(self.volumes)
 
-    def __getitem__(self, i: int) -> Any:
-        vol = loaded(self.volumes, i)
+    def __getitem__(self, i: int) -> list[dict]:
+        out = []
+        for _ in range(self.items_per_index):
+            image, label = self.patch_at(i, self.draw_centre(i))
+            with without_meta():
+                out.append(
+                    _as_item(self.transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)}))
+                )
+        return out
+
+    def locations(self, v: int) -> dict[int, np.ndarray]:
+        if v not in self._locations:
+            if len(self._locations) >= 8:  # bounded: a few cases' samples per process
+                self._locations.pop(next(iter(self._locations)))
+            self._locations[v] = self.volumes.store.foreground_locations(self.volumes.case_ids[v])
+        return self._locations[v]
+
+    def draw_centre(self, v: int) -> list[int]:
+        shape = self.volumes.spatial_shape(v)
+        if float(torch.rand(())) < self.pos_prob:
+            locs = self.locations(v)
+            if locs:
+                classes = sorted(locs)
+                pts = locs[classes[int(torch.randint(len(classes), ()))]]
+                return [int(x) for x in pts[int(torch.randint(len(pts), ()))]]
+        return [int(torch.randint(s, ())) for s in shape]
+
+    def patch_at(self, v: int, centre: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The patch around `centre` (moved inside the volume, padded when the volume is smaller)."""
+        shape = self.volumes.spatial_shape(v)
+        padded = [max(s, p) for s, p in zip(shape, self.patch)]
+        before = [(q - s) // 2 for q, s in zip(padded, shape)]
+        start = [min(max(c + b - p // 2, 0), q - p) for c, b, p, q in zip(centre, before, self.patch, padded)]
+        lo = [max(0, st - b) for st, b in zip(start, before)]
+        hi = [min(s, st - b + p) for st, b, p, s in zip(start, before, self.patch, shape)]
+        region = (slice(None), *(slice(a, z) for a, z in zip(lo, hi)))
+        dst = (slice(None), *(slice(a - st + b, z - st + b) for a, z, st, b in zip(lo, hi, start, before)))
+        image, label = self.volumes.read(v, "image", region), self.volumes.read(v, "label", region)
+        out_i = np.zeros((image.shape[0], *self.patch), dtype=image.dtype)
+        out_l = np.zeros((label.shape[0], *self.patch), dtype=label.dtype)
+        out_i[dst], out_l[dst] = image, label
+        return out_i, out_l
+
+
+class VolumeDataset(Dataset):
+    """3D items: whole volumes (validation, or training without data.patch_size), in case order."""
+
+    def __init__(self, volumes: StoreVolumes, transform: Any) -> None:
+        self.volumes, self.transform = volumes, transform
+        self.items_per_index = 1
+
+    @property
+    def case_ids(self) -> list[str]:
+        return self.volumes.case_ids
+
+    def case_index(self, i: int) -> int:
+        return i
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> dict:
+        vol = self.volumes[i]
         with without_meta():
-            out = self.transform({"image": vol["image"], "label": vol["label"]})
-        if isinstance(out, list):  # several patches per volume
-            return [_as_item(o) for o in out]
-        return _as_item(out)
+            return _as_item(self.transform({"image": vol["image"], "label": vol["label"]}))
 
 
 @contextmanager
@@ -183,16 +349,6 @@ def without_meta() -> Iterator[None]:
         yield
     finally:
         set_track_meta(previous)
-
-
-def loaded(volumes: Any, i: int) -> dict:
-    """Volume i, or a DataError when it could not be read (reached only with data.check=false)."""
-    item = volumes[i]
-    if "_error" in item:
-        from medseg.errors import DataError
-
-        raise DataError(f"case {item['id']}: {item['_error']}; fix it (data.check=true lists every bad case)")
-    return item
 
 
 def plain(t: Any) -> torch.Tensor:

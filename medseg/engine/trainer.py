@@ -445,6 +445,8 @@ class Trainer:
             loader.generator.manual_seed(seed)
         if hasattr(getattr(loader, "sampler", None), "set_epoch"):
             loader.sampler.set_epoch(epoch)
+        if hasattr(loader.dataset, "set_epoch"):  # e.g. background slices drawn anew each epoch
+            loader.dataset.set_epoch(epoch)
         transform = getattr(loader.dataset, "transform", None)
         if hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=seed % (2**32))
