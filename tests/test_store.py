@@ -132,8 +132,17 @@ def test_concurrent_runs_write_each_case_once(compose, cache_dir: Path, tmp_path
 
     read_cases(compose(*MANY, tiny=False).data, str(cache_dir))
     store = tmp_path / "shared"
-    cmd = _preprocess_cmd(tmp_path, store, *MANY, "data.store.workers=2")
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(cache_dir), stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    procs = [
+        subprocess.Popen(
+            _preprocess_cmd(tmp_path, store, *MANY, "data.store.workers=2"),
+            cwd=tmp_path,
+            env=_env(cache_dir),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in "ab"
+    ]
     for p in procs:
         assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
     written = _written(_store_root(store))
@@ -224,7 +233,14 @@ def test_native_2d_images_get_replicated_context(compose, tmp_path: Path) -> Non
     from medseg.data.examples import write_folder
 
     root = write_folder(tmp_path / "pngs", num_cases=4)
-    bundle = build_data(compose("data=folder", f"data.root={root}", "data.context_slices=1", "data.val_percent=25"))
+    over = [
+        "data=folder",
+        f"data.root={root}",
+        "data.mask_suffix=_mask",
+        "data.context_slices=1",
+        "data.val_percent=25",
+    ]
+    bundle = build_data(compose(*over, f"data.store.dir={tmp_path}/store"))
     item = bundle.val_set[0]
     assert bundle.info.in_channels == 3 * bundle.val_set.volumes.meta(0)["image_shape"][0]
     torch.testing.assert_close(item["image"][0], item["image"][1])

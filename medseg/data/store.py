@@ -509,6 +509,8 @@ def why_new(parent: Path, settings: dict[str, Any], source: str) -> str:
             for k in sorted(set(settings) | set(other.get("settings", {})))
             if settings.get(k) != other["settings"].get(k)
         ]
+        if [k for k in diff if k != "resize_dims"]:
+            diff = [k for k in diff if k != "resize_dims"]  # follows from scale/image_size: named by them
         if best is None or len(diff) < len(best):
             best = diff
     if best is None:
