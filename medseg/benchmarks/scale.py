@@ -213,7 +213,7 @@ def loader_rate(loader: Any, steps: int, warmup: int = 2) -> float:
     return n / (time.perf_counter() - started)
 
 
-def loader_figures(overrides: list[str], steps: int) -> dict[str, float]:
+def loader_figures(overrides: list[str], steps: int, patch: list[int]) -> dict[str, float]:
     from medseg.benchmarks.data_loading import compose, model_rate
     from medseg.data.datamodule import build_data
     from medseg.runtime import seed_everything
@@ -221,7 +221,8 @@ def loader_figures(overrides: list[str], steps: int) -> dict[str, float]:
     out: dict[str, float] = {}
     settings = {
         "2d": ["data.dims=2", "data.batch_size=8"],
-        "3d": ["data.dims=3", "data.patch_size=[96,96,96]", "data.samples_per_volume=2", "data.batch_size=1"],
+        "3d": ["data.dims=3", f"data.patch_size=[{','.join(map(str, patch))}]", "data.samples_per_volume=2"]
+        + ["data.batch_size=1"],
     }
     for kind, extra in settings.items():
         for workers in (0, 2):
@@ -273,7 +274,7 @@ def bench_n(n: int, root: Path, cache: Path, args: argparse.Namespace, evaluate:
     row["first_step_s"] = json.loads(marker.read_text())["first_step_s"]
 
     # 3. loader and model-step rates in this process
-    row.update(loader_figures([*base, "data.val_percent=20"], args.steps))
+    row.update(loader_figures([*base, "data.val_percent=20"], args.steps, args.patch))
 
     # 4. evaluate one subject with every class
     if evaluate:
@@ -365,6 +366,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--subjects", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--shape", type=int, nargs=3, default=[224, 224, 160])
     parser.add_argument("--structures", type=int, default=117)
+    parser.add_argument("--patch", type=int, nargs=3, default=[96, 96, 96], help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=None, help="default: $MEDSEG_CACHE or ~/.cache/medseg, /scale")
     parser.add_argument("--steps", type=int, default=30, help="timed loader batches per setting")
     parser.add_argument("--train-batches", type=int, default=3, help="training batches of the train subprocess")
