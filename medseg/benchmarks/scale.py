@@ -199,17 +199,18 @@ def common(root: Path, cache: Path) -> list[str]:
 
 
 def loader_rate(loader: Any, steps: int, warmup: int = 2) -> float:
-    it = iter(loader)
+    """Samples/s over `steps` batches after `warmup` untimed ones (epochs restart as needed)."""
+
+    def batches() -> Any:
+        while True:
+            yield from loader
+
+    it = batches()
     for _ in range(warmup):
         next(it)
     n, started = 0, time.perf_counter()
     for _ in range(steps):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        n += int(batch["image"].shape[0])
+        n += int(next(it)["image"].shape[0])
     return n / (time.perf_counter() - started)
 
 
@@ -226,7 +227,8 @@ def loader_figures(overrides: list[str], steps: int, patch: list[int]) -> dict[s
     }
     for kind, extra in settings.items():
         for workers in (0, 2):
-            cfg = compose([*overrides, *extra, f"hardware.num_workers={workers}"])
+            persistent = f"hardware.persistent_workers={workers > 0}"  # worker start-up is not loading
+            cfg = compose([*overrides, *extra, f"hardware.num_workers={workers}", persistent])
             seed_everything(int(cfg.seed))
             data = build_data(cfg)
             out[f"{kind}_w{workers}"] = loader_rate(data.train_loader, steps)
@@ -239,6 +241,7 @@ def loader_figures(overrides: list[str], steps: int, patch: list[int]) -> dict[s
 
 def bench_n(n: int, root: Path, cache: Path, args: argparse.Namespace, evaluate: bool) -> dict[str, Any]:
     env = {**os.environ, "WANDB_MODE": "offline"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])  # this medseg
     env.pop("HYDRA_FULL_ERROR", None)
     work = cache / "runs" / f"n{n}-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
@@ -248,14 +251,13 @@ def bench_n(n: int, root: Path, cache: Path, args: argparse.Namespace, evaluate:
     # 1. preprocessing into the store
     cmd = [sys.executable, str(ROOT / "run.py"), "mode=preprocess", f"hydra.run.dir={work}/pre", *base]
     proc, _, _ = run_tracked([*cmd, "data.store.workers=2"], env, work, args.timeout)
-    built = re.search(
-        r"\((\d+) built, (\d+) reused.*?in ([\d.]+) s; ([\d.]+) MB on disk beside ([\d.]+) MB", proc.stdout
-    )
+    built = re.search(r"case store (\S+): \d+ cases \((\d+) built.*? in ([\d.]+) s;", proc.stdout)
     if built is None:
         raise RuntimeError(f"no summary in the preprocess output:\n{proc.stdout[-2000:]}")
-    n_built, seconds = int(built.group(1)), float(built.group(3))
+    n_built, seconds = int(built.group(2)), float(built.group(3))
     row["pre_s_per_subject"] = seconds / n_built if n_built else float("nan")
-    row["store_mb"], row["raw_mb"] = float(built.group(4)), float(built.group(5))
+    row["store_mb"] = folder_bytes(Path(built.group(1)) / "cases") / 1e6
+    row["raw_mb"] = sum(folder_bytes(d.resolve()) for d in root.iterdir()) / 1e6
 
     # 2. training: memory and start to first optimizer step (store ready)
     marker = work / "first_step.json"
@@ -330,11 +332,15 @@ def report(rows: list[dict[str, Any]]) -> None:
             ),
             ("loader 2D, 2 workers", f"{fmt(r['2d_w2'])} samples/s = {fmt(r['2d_w2'] / 2)} per worker", "2d_w2"),
             (
-                "loader 3D 96^3, 0 workers",
+                "loader 3D patches, 0 workers",
                 f"{fmt(r['3d_w0'])} patches/s (model step {fmt(r['3d_model'])} patches/s)",
                 "3d_w0",
             ),
-            ("loader 3D 96^3, 2 workers", f"{fmt(r['3d_w2'])} patches/s = {fmt(r['3d_w2'] / 2)} per worker", "3d_w2"),
+            (
+                "loader 3D patches, 2 workers",
+                f"{fmt(r['3d_w2'])} patches/s = {fmt(r['3d_w2'] / 2)} per worker",
+                "3d_w2",
+            ),
         ]
         if "eval_rss_mb" in r:
             lines.append(

@@ -158,7 +158,7 @@ class CaseStore:
         return self.root / "locks" / f"{case_id}.lock"
 
     # state of a case
-    def committed_meta(self, case: dict[str, Any]) -> tuple[dict | None, str]:
+    def committed_meta(self, case: dict[str, Any], now: list | None = None) -> tuple[dict | None, str]:
         """(metadata, '') when the stored case is current; (None, why not) otherwise."""
         path = self.case_file(case["id"], "json")
         if not path.is_file():
@@ -169,7 +169,7 @@ class CaseStore:
             return None, "unreadable metadata"
         if meta.get("version") != STORE_VERSION:
             return None, f"store version {meta.get('version')} != {STORE_VERSION}"
-        now = fingerprint(case)
+        now = fingerprint(case) if now is None else now
         if meta.get("source") != now:
             old = {p: (s, m) for p, s, m in meta.get("source", [])}
             changed = next((p for p, s, m in now if old.get(p) != (s, m)), "the file list")
@@ -177,8 +177,9 @@ class CaseStore:
         return meta, ""
 
     def meta(self, case_id: str) -> dict:
+        """A case's metadata, without its source file list (kept per case for the whole run, so kept small)."""
         if case_id not in self._meta:
-            self._meta[case_id] = json.loads(self.case_file(case_id, "json").read_text())
+            self._meta[case_id] = slim(json.loads(self.case_file(case_id, "json").read_text()))
         return self._meta[case_id]
 
     def array(self, case_id: str, part: str) -> Any:
@@ -217,14 +218,16 @@ class CaseStore:
         started = time.perf_counter()
         (self.root / "cases").mkdir(parents=True, exist_ok=True)
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        todo, reused, reasons = [], 0, {}
+        todo, reused, reasons, source_bytes = [], 0, {}, 0
         for case in cases:
-            meta, why = self.committed_meta(case)
+            now = fingerprint(case)
+            source_bytes += sum(max(0, size) for _, size, _ in now)
+            meta, why = self.committed_meta(case, now)
             if meta is None:
                 todo.append(case)
                 reasons[case["id"]] = why
             else:
-                self._meta[case["id"]] = meta
+                self._meta[case["id"]] = slim(meta)
                 reused += 1
         stale = [(cid, why) for cid, why in reasons.items() if why != "not built"]
         for cid, why in stale[:5]:
@@ -243,7 +246,7 @@ class CaseStore:
             failed=failed,
             seconds=time.perf_counter() - started,
             store_bytes=sum(self.case_bytes(c["id"]) for c in cases),
-            source_bytes=sum(max(0, size) for c in cases for _, size, _ in self.meta(c["id"])["source"]),
+            source_bytes=source_bytes,
         )
         (log.info if built else log.debug)(summary.line(self.root))
         self.last_summary = summary
@@ -282,6 +285,10 @@ class CaseStore:
                     bar.update()
         finally:
             bar.close()
+
+
+def slim(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k not in ("source", "writer")}
 
 
 # ---------------------------------------------------------------------------------------------- one case
