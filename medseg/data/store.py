@@ -264,27 +264,45 @@ class CaseStore:
         from tqdm import tqdm
 
         cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
-        args = [(str(self.root), self.settings, self.fg_samples, cfg, case) for case in todo]
         bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress, leave=False)
+        pool = None
         try:
-            if workers <= 0 or len(todo) == 1:
-                for a in args:
-                    yield build_case(*a)
-                    bar.update()
-                return
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            if workers > 0 and len(todo) > 1:
+                import multiprocessing as mp
+                from concurrent.futures import ProcessPoolExecutor
 
-            # fork where available, as DataLoader workers do: a spawned worker would import torch and MONAI
-            # anew (seconds each); build_case itself is spawn-safe (top level, plain arguments)
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context(method)) as pool:
-                futures = [pool.submit(build_case, *a) for a in args]
-                for fut in as_completed(futures):
-                    yield fut.result()
+                # fork where available, as DataLoader workers do: a spawned worker would import torch and MONAI
+                # anew (seconds each); build_case itself is spawn-safe (top level, plain arguments)
+                method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context(method))
+            # first pass skips cases another process is writing (concurrent runs share the work);
+            # the second waits for those and reads them
+            for wait in (False, True):
+                busy = []
+                for case_id, status in self._run(pool, todo, cfg, wait):
+                    if status == "busy":
+                        busy.append(case_id)
+                        continue
                     bar.update()
+                    yield case_id, status == "built"
+                todo = [c for c in todo if c["id"] in set(busy)]
+                if not todo:
+                    break
         finally:
+            if pool is not None:
+                pool.shutdown()
             bar.close()
+
+    def _run(self, pool: Any, cases: list[dict], cfg: dict, wait: bool) -> Iterator[tuple[str, str]]:
+        args = [(str(self.root), self.settings, self.fg_samples, cfg, case, wait) for case in cases]
+        if pool is None:
+            for a in args:
+                yield build_case(*a)
+            return
+        from concurrent.futures import as_completed
+
+        for fut in as_completed([pool.submit(build_case, *a) for a in args]):
+            yield fut.result()
 
 
 def slim(meta: dict[str, Any]) -> dict[str, Any]:
@@ -295,17 +313,25 @@ def slim(meta: dict[str, Any]) -> dict[str, Any]:
 _CHAINS: dict[str, Any] = {}
 
 
-def build_case(root: str, settings: dict, fg_samples: int, data_cfg: dict, case: dict) -> tuple[str, bool]:
-    """Decode, preprocess and write one case under its lock; (case id, True when this call wrote it)."""
+def build_case(
+    root: str, settings: dict, fg_samples: int, data_cfg: dict, case: dict, wait: bool = True
+) -> tuple[str, str]:
+    """Decode, preprocess and write one case under its lock: (case id, 'built' | 'reused' | 'busy').
+
+    'reused': another process wrote it meanwhile; 'busy': another process holds the lock and `wait` is false.
+    """
     import fcntl
 
     store = CaseStore(Path(root), settings, fg_samples)
     case_id = case["id"]
     with open(store.lock_file(case_id), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        try:  # the lock is released when the file closes, also when the process dies
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return case_id, "busy"
         try:
             if store.committed_meta(case)[0] is not None:  # written by another process meanwhile
-                return case_id, False
+                return case_id, "reused"
             with contextlib.suppress(FileNotFoundError):
                 store.case_file(case_id, "json").unlink()  # uncommit a stale entry before replacing its files
             for leftover in store.case_file(case_id, "json").parent.glob(f".{case_id}.*.tmp"):
@@ -319,7 +345,7 @@ def build_case(root: str, settings: dict, fg_samples: int, data_cfg: dict, case:
                 f.write(
                     f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} case={case_id} s={meta['build_seconds']}\n"
                 )
-            return case_id, True
+            return case_id, "built"
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
