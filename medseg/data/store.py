@@ -232,6 +232,8 @@ class CaseStore:
         stale = [(cid, why) for cid, why in reasons.items() if why != "not built"]
         for cid, why in stale[:5]:
             log.info("case store: rebuilding %s (%s)", cid, why)
+        if len(stale) > 5:
+            log.info("case store: rebuilding %d more cases whose files changed", len(stale) - 5)
         built = 0
         if todo:
             log.info("case store %s: building %d of %d cases", self.root, len(todo), len(cases))
