@@ -273,10 +273,7 @@ class CaseStore:
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
 
-                # fork where available, as DataLoader workers do: a spawned worker would import torch and MONAI
-                # anew (seconds each); build_case itself is spawn-safe (top level, plain arguments)
-                method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-                pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context(method))
+                pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=_worker_context(mp))
             # first pass skips cases another process is writing (concurrent runs share the work);
             # the second waits for those and reads them
             for wait in (False, True):
@@ -305,6 +302,14 @@ class CaseStore:
 
         for fut in as_completed([pool.submit(build_case, *a) for a in args]):
             yield fut.result()
+
+
+def _worker_context(mp: Any) -> Any:
+    """spawn: each worker starts a fresh interpreter (a second or two to import torch and MONAI, once per
+    build). A fork of this process can deadlock in blosc2's thread pool once the store has been read here
+    (seen when a 3D store was built after a 2D loader ran); forkserver, in Python 3.11, does not carry
+    sys.path to its workers. build_case is top level with plain arguments, as spawn needs."""
+    return mp.get_context("spawn")
 
 
 def slim(meta: dict[str, Any]) -> dict[str, Any]:
