@@ -449,7 +449,7 @@ def chunks_for(shape: tuple[int, ...], plan: str) -> tuple[tuple[int, ...], tupl
         blocks[axis + 1] = 1  # one block per slice: a slice decompresses exactly its own pixels
         return tuple(chunks), tuple(blocks)
     chunks = (shape[0], *(min(64, s) for s in spatial))
-    blocks = (shape[0], *(min(b, s) for b, s in zip((32, 32, 8), spatial)))
+    blocks = (shape[0], *(min(32, s) for s in spatial))
     return chunks, blocks
 
 
