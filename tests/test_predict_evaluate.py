@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medseg.engine.precision import resolve_precision
 from medseg.errors import DataError, MedsegError
 from medseg.inference.predictor import VolumePredictor
 from medseg.models.unet import UNet
+from medseg.precision import resolve_precision
 from medseg.tasks.evaluate import class_scores, summarise
 
 CPU = torch.device("cpu")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.engine.precision import Precision
+from medseg.precision import Precision
 
 
 class VolumePredictor:

@@ -23,9 +23,9 @@ from medseg.data.datasets import plain
 from medseg.data.layouts import read_cases
 from medseg.data.split import split_cases
 from medseg.data.transforms import label_transforms, volume_transforms
-from medseg.engine.precision import resolve_precision
 from medseg.inference.predictor import VolumePredictor, resize_probabilities, to_labels
 from medseg.io_utils import write_json, write_text
+from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
 from medseg.tasks.predict import write_overlay
 from medseg.tasks.restore import restore_model

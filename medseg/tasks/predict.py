@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from medseg.data.datasets import plain
 from medseg.data.transforms import volume_transforms
-from medseg.engine.precision import resolve_precision
 from medseg.errors import DataError, MedsegError
 from medseg.inference.image_io import (
     collect_inputs,
@@ -25,6 +24,7 @@ from medseg.inference.image_io import (
     suffix_of,
 )
 from medseg.inference.predictor import VolumePredictor, resize_probabilities, to_labels
+from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
 from medseg.tasks.restore import restore_model
 
