@@ -305,3 +305,62 @@ def test_totalseg_hd95_is_in_mm_and_evaluate_agrees_with_predict(cache_dir, tmp_
             assert row["hd95_missing"] == "1"
             assert _num(row["hd95"]) == pytest.approx(2.0 * math.sqrt(24**2 + 24**2 + 6**2)), case
     assert measured > 0  # at least one case compares a real surface distance
+
+
+# ---------------------------------------------------------------- evaluate and predict inputs
+def _demo_copy(demo_ckpt: Path, cache_dir: Path, dest: Path) -> Path:
+    """A copy of the demo dataset the checkpoint was trained on (MSD layout)."""
+    import shutil
+
+    from medseg.data.layouts import read_cases
+    from medseg.tasks.restore import restore_model
+
+    root = read_cases(restore_model(str(demo_ckpt), CPU).cfg.data, str(cache_dir)).root
+    return Path(shutil.copytree(root, dest))
+
+
+@pytest.mark.slow
+def test_truncated_label_ends_evaluate_in_one_line_and_writes_no_metrics(demo_ckpt, cache_dir, tmp_path, run_cli):
+    root = _demo_copy(demo_ckpt, cache_dir, tmp_path / "data")
+    label = sorted((root / "labelsTr").glob("*.nii.gz"))[-1]
+    label.write_bytes(label.read_bytes()[: label.stat().st_size // 2])
+    proc = run_cli("mode=evaluate", f"ckpt={demo_ckpt}", f"evaluate.input={root}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(label) in lines[0] and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "run").rglob("metrics.csv")) and not list((tmp_path / "run").rglob("summary.json"))
+
+
+def test_bad_evaluate_and_predict_inputs_are_refused_naming_the_key_or_case(demo_ckpt, cache_dir, tmp_path):
+    from medseg.errors import DataError
+    from medseg.tasks.evaluate import run_evaluate
+    from medseg.tasks.predict import run_predict
+
+    def evaluate(where: Path):
+        run_evaluate(
+            _compose(cache_dir, tmp_path / "eval", "mode=evaluate", f"ckpt={demo_ckpt}", f"evaluate.input={where}")
+        )
+
+    with pytest.raises(DataError, match=f"^evaluate.input={tmp_path}/nope is not a folder"):
+        evaluate(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=f"^evaluate.input={tmp_path}/empty does not match data=msd"):
+        evaluate(tmp_path / "empty")
+    root = _demo_copy(demo_ckpt, cache_dir, tmp_path / "data")
+    label = sorted((root / "labelsTr").glob("*.nii.gz"))[0]
+    img = nib.load(label)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :-2], img.affine), label)  # one column fewer
+    case = label.name[: -len(".nii.gz")]
+    with pytest.raises(DataError, match=f"case {case}: label shape \\(32, 30, 8\\) differs from image shape"):
+        evaluate(root)
+    assert not (tmp_path / "eval" / "metrics.csv").exists()
+    with pytest.raises(DataError, match=f"predict.input={tmp_path}/missing.nii.gz does not exist"):
+        run_predict(
+            _compose(
+                cache_dir,
+                tmp_path / "p",
+                "mode=predict",
+                f"ckpt={demo_ckpt}",
+                f"predict.input={tmp_path}/missing.nii.gz",
+            )
+        )

@@ -45,6 +45,8 @@ def evaluation_cases(
             f"evaluate.input={root} is not a folder; give a labelled dataset in the {data_cfg.layout} layout"
         )
     override: dict[str, Any] = {"root": str(root)}
+    if data_cfg.layout == "synthetic":  # the demo data is an MSD folder; never generate data into the input
+        override["layout"] = "msd"
     if data_cfg.layout == "totalseg" and not data_cfg.structures:  # the model's classes, in its order
         override["structures"] = list(class_names[1:])
     data_cfg = OmegaConf.merge(data_cfg, override)
