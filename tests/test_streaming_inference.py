@@ -46,8 +46,12 @@ def demo_ckpt(cache_dir, tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------- reference: the whole-volume path
-def _reference_probabilities(model, image: torch.Tensor, dims: int, axis: int, k: int, patch=None) -> torch.Tensor:
-    """Whole-volume softmax (K, *spatial), as evaluate computed it before streaming."""
+def _reference_probabilities(
+    model, image: torch.Tensor, dims: int, axis: int, k: int, patch=None, tta: bool = False
+) -> torch.Tensor:
+    """Whole-volume softmax (K, *spatial), as evaluate computed it before streaming (with `tta`, the
+    mean over all flips of the padded input)."""
+    from itertools import combinations
 
     def forward(x):
         from monai.inferers import sliding_window_inference
@@ -57,10 +61,16 @@ def _reference_probabilities(model, image: torch.Tensor, dims: int, axis: int, k
             extra = (-s) % k
             pads += [extra // 2, extra - extra // 2]
         padded = F.pad(x, pads)
-        logits = (
-            sliding_window_inference(padded, patch, 4, model, overlap=0.25, mode="gaussian") if patch else model(padded)
+
+        def run(v):
+            return sliding_window_inference(v, patch, 4, model, overlap=0.25, mode="gaussian") if patch else model(v)
+
+        axes = range(2, padded.ndim)
+        flips = [()] + ([c for r in range(1, len(axes) + 1) for c in combinations(axes, r)] if tta else [])
+        probs = sum(
+            torch.softmax(run(padded.flip(d)), 1).flip(d) if d else torch.softmax(run(padded), 1) for d in flips
         )
-        probs = torch.softmax(logits, 1)
+        probs = probs / len(flips)
         before = pads[::2][::-1]
         return probs[(slice(None), slice(None), *(slice(b, b + s) for b, s in zip(before, x.shape[2:])))]
 
@@ -191,6 +201,10 @@ def test_3d_slabs_equal_one_sliding_window_pass(target):
     for slab_bytes in (1, 200_000, 2**30):  # one window position per slab, a few, the whole volume
         got = VolumePredictor(model, data, CPU, FP32, num_classes=5, slab_bytes=slab_bytes).labels(image, target)
         assert torch.equal(got.long(), expect), slab_bytes
+    if target == image.shape[1:]:  # flip TTA: one slab is the whole volume, flipped as a whole
+        whole = _reference_probabilities(model, image, 3, 2, 8, patch=[16, 16, 8], tta=True)
+        got = VolumePredictor(model, data, CPU, FP32, tta=True, num_classes=5, slab_bytes=2**30).labels(image, target)
+        assert torch.equal(got.long(), whole.argmax(0))
 
 
 # ---------------------------------------------------------------- HD95
