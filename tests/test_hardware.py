@@ -174,7 +174,7 @@ class _OOMAbove(torch.nn.Module):
 
 
 def test_search_with_injected_oom_sets_batch_and_accumulation(compose):
-    from medseg.engine.precision import Precision
+    from medseg.precision import Precision
     from medseg.tasks.build import build_loss
 
     cfg = compose("hardware=4gb", "hardware.find_batch_size=true", tiny=False)
@@ -203,8 +203,8 @@ def test_search_never_exceeds_the_effective_batch(compose):
 def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, monkeypatch):
     import medseg.hardware as hw
     from medseg.data.datamodule import build_data
-    from medseg.engine.precision import Precision
     from medseg.models.factory import build_model
+    from medseg.precision import Precision
     from medseg.tasks.build import build_loss
 
     cfg = compose(

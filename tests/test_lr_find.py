@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.engine.precision import Precision
 from medseg.errors import ConfigError
+from medseg.precision import Precision
 from medseg.tasks.lr_find import lr_range_test, suggest_lr
 
 FP32 = Precision("32", None, False)

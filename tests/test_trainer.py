@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from medseg.engine.callbacks import EarlyStopping, ModelCheckpoint
-from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
 from medseg.errors import TrainingError
 from medseg.models.unet import UNet
+from medseg.precision import resolve_precision
 from medseg.tasks.train import run_train
 
 CPU = torch.device("cpu")

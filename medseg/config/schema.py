@@ -68,6 +68,7 @@ class DataConfig:
     samples_per_volume: int = 2
     pos_neg_ratio: float = 1.0
     pad_divisible: int = 16
+    context_slices: int = 0
     drop_empty_slices: bool = False
     foreground_slice_ratio: float | None = None
     cache_rate: float = 1.0

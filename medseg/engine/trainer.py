@@ -30,9 +30,9 @@ from torch import nn
 from medseg.engine.callbacks import Callback
 from medseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from medseg.engine.metrics import ConfusionCounter, foreground_mean, nan_to_none, ranked_classes
-from medseg.engine.precision import Precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.errors import TrainingError
+from medseg.precision import Precision
 
 log = logging.getLogger(__name__)
 

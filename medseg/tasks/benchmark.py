@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 
 from medseg.data.datamodule import build_data
 from medseg.engine.plain_step import plain_train_step
-from medseg.engine.precision import resolve_precision
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
+from medseg.precision import resolve_precision
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.tasks.build import build_loss, build_optimizer
 

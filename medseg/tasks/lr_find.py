@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 def run_lr_find(cfg: DictConfig) -> float | None:
     from medseg.data.datamodule import build_data
-    from medseg.engine.precision import resolve_precision
     from medseg.hardware import resolve_auto_hardware
     from medseg.models.factory import build_model, describe_model
+    from medseg.precision import resolve_precision
     from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
     from medseg.tasks.build import build_optimizer, build_train_loss
 

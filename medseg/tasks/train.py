@@ -18,13 +18,13 @@ from medseg.engine.distributed import DistContext, init_distributed, shared_run_
 from medseg.engine.histograms import ParameterHistograms
 from medseg.engine.image_panels import ImagePanels
 from medseg.engine.optuna_pruning import OptunaPruning
-from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
 from medseg.hardware import fit_micro_batch, resolve_auto_hardware
 from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
+from medseg.precision import resolve_precision
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.sweeps.trial_context import current_trial
 from medseg.tasks.build import build_optimizer, build_train_loss, load_weights
