@@ -107,6 +107,9 @@ def run_evaluate(cfg: DictConfig) -> float | None:
     _write_csv(out / "metrics.csv", rows)
     write_json(out / "summary.json", summary)
     _print_summary(summary)
+    from medseg.report.hooks import report_after_evaluate
+
+    report_after_evaluate(cfg)
     return summary["mean_dice"]
 
 
