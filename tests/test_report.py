@@ -158,13 +158,19 @@ def test_optuna_sweep_report_lists_trials_importance_and_links(run_cli, tmp_path
     trials = read_csv(sweep / "trials.csv")
     assert (sweep / "report.html").is_file()  # written at the end of the multirun
     with Page() as page:
-        open_offline(page, sweep / "report.html", tmp_path / "report_sweep.png", ["parallel-plot", "importance-plot"])
+        open_offline(page, sweep / "report.html", tmp_path / "report_sweep.png", ["importance-plot", "trials-plot"])
+        assert page.evaluate("document.querySelectorAll('#parallel-plot canvas.gl-canvas').length") == 3
         rows = page.evaluate(ROWS_JS.format("trial-table"))
         assert [r[0] for r in rows] == [t["number"] for t in trials]
         assert [r[1] for r in rows] == ["complete", "complete"]
         assert [r[2] for r in rows] == [f"{float(t['value']):.4f}" for t in trials]
+        params = [k for k in trials[0] if k.startswith("params_")]
         bars = page.evaluate("document.querySelectorAll('#importance-plot .bars path').length")
-        assert bars == 2  # one bar per parameter, from Optuna's evaluator
+        assert bars == len(params)  # one bar per parameter, from Optuna's evaluator
+        axes = page.evaluate(
+            "Array.from(document.querySelectorAll('#parallel-plot .axis-title')).map(a => a.textContent)"
+        )
+        assert sorted(axes) == sorted([p[len("params_") :] for p in params] + ["val/dice"])
         links = page.evaluate(
             "Array.from(document.querySelectorAll('#trial-table a')).map(a => a.getAttribute('href'))"
         )

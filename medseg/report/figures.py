@@ -104,14 +104,14 @@ def parallel_coordinates(trials: list[dict[str, Any]], params: list[str], object
     return fig
 
 
-def importance_bars(importances: dict[str, float]) -> Any:
+def importance_bars(importances: dict[str, float], evaluator: str) -> Any:
     import plotly.graph_objects as go
 
     names = list(importances)[::-1]  # most important on top
     fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h", marker_color="#457b9d"))
     fig.update_layout(
         height=120 + 40 * len(names),
-        xaxis_title="importance (fANOVA, Optuna)",
+        xaxis_title=f"importance (Optuna, {evaluator})",
         template="plotly_white",
         margin={"l": 160, "t": 20, "b": 40},
     )

@@ -22,6 +22,7 @@ def render_page(template: str, context: dict[str, Any]) -> str:
         undefined=jinja2.StrictUndefined,  # a missing value is a bug in the report, not an empty cell
     )
     env.filters["num"] = fmt_number
+    env.filters["param"] = fmt_param
     return env.get_template(template).render(plotly_js=get_plotlyjs(), **context)
 
 
@@ -40,3 +41,10 @@ def fmt_number(value: Any, digits: int = 4) -> str:
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
         return f"{value:.3e}"
     return f"{value:.{digits}f}"
+
+
+def fmt_param(value: Any) -> str:
+    """A parameter value: floats to 4 significant digits (learning rates read as 0.0005612, not 17 digits)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "–" if value is None else str(value)
