@@ -214,3 +214,19 @@ def test_best_median_worst_are_distinct_cases() -> None:
     ]
     assert [r for r, _, _ in pick_roles({"a": 0.9, "b": 0.2})] == ["best", "worst"]
     assert [r for r, _, _ in pick_roles({"a": 0.9})] == ["best"]
+
+
+def test_labelled_figure_is_readable_and_has_a_legend_of_the_classes_shown() -> None:
+    from medseg.engine.image_panels import PRED_ONLY, labelled_figure
+    from medseg.inference.image_io import PALETTE
+
+    truth = np.zeros((16, 16), dtype=np.int64)
+    truth[4:8, 4:8] = 5
+    pred = np.zeros_like(truth)
+    names = ["background", "liver", "spleen", "kidney", "aorta", "pancreas"]
+    fig = labelled_figure([(np.random.rand(16, 16), truth, pred)], ["slice 3"], names)
+    assert fig.shape[1] >= 4 * 256  # 16 px tiles enlarged to 256 px
+    legend = fig[-40:].reshape(-1, 3)  # the legend: a swatch for pancreas (5) and the comparison colours
+    colours = {tuple(int(v) for v in c) for c in np.unique(legend, axis=0)}
+    assert tuple(int(v) for v in PALETTE[5]) in colours and PRED_ONLY in colours
+    assert tuple(int(v) for v in PALETTE[4]) not in colours  # aorta is not shown, so not in the legend

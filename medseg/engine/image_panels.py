@@ -24,6 +24,7 @@ TRUTH_ONLY, PRED_ONLY, BOTH = (60, 180, 75), (230, 25, 75), (255, 225, 25)
 CANDIDATES = 64  # validation items looked at when choosing the ones with the most foreground
 COLUMN_TITLES = ("input", "truth", "prediction", "truth vs prediction")
 MIN_TILE = 256  # px: tiles are enlarged by a whole factor until their shorter side reaches this
+MAX_TILE = 320  # px: larger slices are shrunk to this (a figure row of 4 tiles fits a page; files stay small)
 FONT_SIZE = 16
 
 
@@ -134,7 +135,7 @@ def labelled_figure(
     from medseg.inference.image_io import PALETTE
 
     font = _font()
-    tiles = [_enlarge(panel(*r)) for r in rows]
+    tiles = [_enlarge(panel(*_shrink(*r))) for r in rows]
     tile_w = max(t.shape[1] for t in tiles)
     col_w = (tile_w - 3 * _GAP) // 4 + _GAP
     line = FONT_SIZE + 8
@@ -205,6 +206,21 @@ def _enlarge(tile_row: np.ndarray) -> np.ndarray:
     big = [t.repeat(factor, axis=0).repeat(factor, axis=1) for t in tiles]
     sep = np.full((height * factor, _GAP, 3), 255, dtype=np.uint8)
     return np.concatenate([x for t in big for x in (t, sep)][:-1], axis=1)
+
+
+def _shrink(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Slices larger than MAX_TILE resized to fit it: the image smoothly, the labels nearest-neighbour."""
+    h, w = image.shape
+    if max(h, w) <= MAX_TILE:
+        return image, truth, pred
+    from PIL import Image
+
+    size = (max(1, round(w * MAX_TILE / max(h, w))), max(1, round(h * MAX_TILE / max(h, w))))
+    small = np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    labels = [
+        np.asarray(Image.fromarray(a.astype(np.int32), mode="I").resize(size, Image.NEAREST)) for a in (truth, pred)
+    ]
+    return small, labels[0], labels[1]
 
 
 def _font() -> Any:
