@@ -182,7 +182,7 @@ def test_optuna_sweep_report_lists_trials_importance_and_links(run_cli, tmp_path
 
 @pytest.mark.slow
 def test_plain_multirun_report_names_the_failed_job_and_its_reason(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("-m", "optimizer.lr=0.001,-1.0", *FAST_SWEEP)
+    proc = run_cli("hydra.mode=MULTIRUN", "optimizer.lr=0.001,-1.0", *FAST_SWEEP, "trainer.max_epochs=1")
     assert proc.returncode != 0  # Hydra's basic sweeper stops at the failed job: no report at its end
     sweep = tmp_path / "multirun"
     run_cli("mode=report", f"report.path={sweep}", check=True)
