@@ -27,9 +27,12 @@ def report_after_training(
     from medseg.report import write_report
 
     try:
+        from medseg.config.redact import redact_text, secret_values
+
+        command = redact_text(_command() or "", secret_values(cfg)) or None  # an API key given on the command line
         write_json(
             out / "run_facts.json",
-            {**facts, "precision": trainer.precision.name, "versions": library_versions(), "command": _command()},
+            {**facts, "precision": trainer.precision.name, "versions": library_versions(), "command": command},
         )
         _overlays(cfg, out, trainer, model, data)
         path = write_report(out)

@@ -99,8 +99,13 @@ def run_facts(data: RunData, monitor: str, best_epoch: int | None, best_value: f
                 f" · {dataset.get('dims', '?')}D · {dataset.get('in_channels', '?')} input channel(s)",
             )
         )
-    elif dcfg:
-        out.append(("data", f"{dcfg.get('layout', '?')} · split {dcfg.get('val_percent', '?')}% validation"))
+    if dcfg:
+        split = f"{dcfg.get('val_percent', '?')}% of cases for validation, by case, seed {cfg.get('seed', '?')}"
+        if dcfg.get("split_file"):
+            split = f"from {dcfg['split_file']}"
+        elif dcfg.get("fold") is not None:
+            split = f"fold {dcfg['fold']} of {dcfg.get('num_folds', '?')}"
+        out.append(("split", split))
     if data.class_names:
         shown = ", ".join(data.class_names[:12]) + (" …" if len(data.class_names) > 12 else "")
         out.append(("classes", f"{len(data.class_names)} (incl. background): {shown}"))
