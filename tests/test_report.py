@@ -187,7 +187,7 @@ def test_plain_multirun_report_names_the_failed_job_and_its_reason(run_cli, tmp_
     sweep = tmp_path / "multirun"
     run_cli("mode=report", f"report.path={sweep}", check=True)
     html = (sweep / "report.html").read_text()
-    assert "Optuna study" not in html and "Hydra multirun" in html
+    assert "Hydra multirun · objective val/dice" in html and "Optuna study train" not in html
     assert "Invalid learning rate: -1.0" in html  # the failure reason from the job's run.log
     assert 'href="0/report.html"' in html and 'href="1/report.html"' not in html
     assert 'id="trials-plot"' in html
