@@ -44,12 +44,19 @@ def _lr_find(cfg: DictConfig) -> Any:
     return run_lr_find(cfg)
 
 
+def _report(cfg: DictConfig) -> Any:
+    from medseg.tasks.report import run_report
+
+    run_report(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
     "predict": _predict,
     "benchmark": _benchmark,
     "lr_find": _lr_find,
+    "report": _report,
 }
 
 

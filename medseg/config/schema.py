@@ -188,6 +188,16 @@ class LRFindConfig:
 
 
 @dataclass
+class ReportConfig:
+    enabled: bool = True
+    path: str | None = None
+    output: str | None = None
+    overlay_cases: int = 16
+    overlay_slices: int = 3
+    top_trials: int = 5
+
+
+@dataclass
 class MedsegConfig:
     mode: str = "train"
     seed: int = 42
@@ -207,6 +217,7 @@ class MedsegConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register_configs() -> None:

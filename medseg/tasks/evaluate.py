@@ -79,6 +79,9 @@ def run_evaluate(cfg: DictConfig) -> float | None:
     for case_id, (raw, pred, truth) in overlays.items():
         write_overlay(out / "overlays" / f"{case_id}.png", raw, pred, truth, int(data_cfg.slice_axis))
     log_summary(summary)
+    from medseg.report.hooks import report_after_evaluate
+
+    report_after_evaluate(cfg)
     return summary["mean_dice"]
 
 

@@ -175,6 +175,10 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     finally:
         for tracker in trackers:
             tracker.finish(exit_code)
+    if main_process:  # report.html: curves, tables and best/median/worst validation overlays
+        from medseg.report.hooks import report_after_training
+
+        report_after_training(cfg, out, trainer, model, data, facts)
     log.info("best %s = %s at epoch %s; run folder %s", tcfg.monitor, _fmt(best), trainer.best_epoch, out)
     return best
 
