@@ -59,6 +59,9 @@ def main(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
+    from medseg.config.validate import validate_config
+
+    validate_config(cfg)  # every value in its range before any work or output
     _keep_secrets_out(cfg)
     if cfg.mode == "train":
         _config_tree(cfg, show=bool(cfg.print_config))
