@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -157,8 +158,18 @@ def _fold(cfg: DictConfig) -> str | None:
     return None
 
 
-# Checks across keys, run after the single-key ranges.
+def _ckpt(cfg: DictConfig) -> str | None:
+    path = _select(cfg, "ckpt")
+    if not path or path is _ABSENT:
+        return None
+    if not Path(str(path)).expanduser().is_file():
+        return f"checkpoint {path} not found; check the ckpt= path"
+    return None
+
+
+# Checks across keys (and of the one input path every mode reads first), run after the single-key ranges.
 RELATIONS: tuple[Callable[[DictConfig], str | None], ...] = (
+    _ckpt,
     _fold,
     lambda cfg: _both(cfg, "lr_find.min_lr", "lr_find.max_lr"),
 )
