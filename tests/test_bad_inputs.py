@@ -414,6 +414,20 @@ def _crafted_partial(ctx: Ctx) -> list[str]:
     return _predict(path, ctx)
 
 
+class _Touch:
+    """Unpickling this object would create the marker file (what a crafted pickle does)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+def _crafted_pickle(ctx: Ctx) -> list[str]:
+    return _predict(_edit_checkpoint(ctx, lambda p: p.update(extra=_Touch(_marker(ctx))), "pickled.pt"), ctx)
+
+
 def _config_not_yaml(ctx: Ctx) -> list[str]:
     return _predict(_edit_checkpoint(ctx, lambda p: p.update(config_yaml=None)), ctx)
 
@@ -451,6 +465,7 @@ CKPT_ROWS = [
         check=_no_marker,
     ),
     Row("crafted-partial", _crafted_partial, r"model\._partial_"),
+    Row("crafted-pickle", _crafted_pickle, r"pickled\.pt holds Python objects other than tensors", check=_no_marker),
 ]
 
 
