@@ -35,18 +35,18 @@ class Range:
     each: bool = False  # a list whose every entry is checked
 
     def allowed(self) -> str:
-        kind = "an integer" if self.integer else "a number"
+        """The allowed values in words: `in (0, 1]`, `an integer >= 1`, `a list of integers >= 1 or null`."""
         if self.low is not None and self.high is not None:
             lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            text = f"{kind} in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
+            text = f"in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
         elif self.low is not None:
-            text = f"{kind} {'>' if self.low_open else '>='} {_num(self.low)}"
-        elif self.high is not None:
-            text = f"{kind} {'<' if self.high_open else '<='} {_num(self.high)}"
+            text = f"{'>' if self.low_open else '>='} {_num(self.low)}"
         else:
-            text = kind
+            text = f"{'<' if self.high_open else '<='} {_num(self.high)}"
         if self.each:
-            text = f"a list of {text.replace('an integer', 'integers').replace('a number', 'numbers')}"
+            text = f"a list of {'integers' if self.integer else 'numbers'} {text}"
+        elif self.integer:
+            text = f"an integer {text}"
         return text + (" or null" if self.nullable else "")
 
     def fits(self, value: Any) -> bool:
@@ -145,7 +145,7 @@ RANGES: tuple[Range, ...] = (
 def _both(cfg: DictConfig, low_key: str, high_key: str) -> str | None:
     low, high = _select(cfg, low_key), _select(cfg, high_key)
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not low < high:
-        return f"{low_key}={_num(low)} must be below {high_key}={_num(high)}"
+        return f"{low_key}={_show(low)} must be below {high_key}={_show(high)}"
     return None
 
 
@@ -192,14 +192,14 @@ def _check(cfg: DictConfig, rule: Range) -> str | None:
     if value is _ABSENT or value is None:
         if rule.nullable or value is _ABSENT:
             return None
-        return f"{rule.key}=null is not allowed; it must be {rule.allowed()}"
+        return f"{rule.key}=null must be {rule.allowed()}"
     if rule.each:
         values = list(value) if isinstance(value, (list, tuple)) else None
         if values is not None and values and all(rule.fits(v) for v in values):
             return None
     elif rule.fits(value):
         return None
-    return f"{rule.key}={_show(value)} is out of range; it must be {rule.allowed()}"
+    return f"{rule.key}={_show(value)} must be {rule.allowed()}"
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -216,6 +216,7 @@ def _num(value: float) -> str:
 
 
 def _show(value: Any) -> str:
+    """A value as the user typed it (2.0 stays 2.0)."""
     if isinstance(value, list):
         return "[" + ",".join(_show(v) for v in value) + "]"
-    return _num(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
