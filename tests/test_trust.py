@@ -106,6 +106,26 @@ def test_a_stored_model_config_is_never_instantiated(compose, tmp_path) -> None:
     assert not marker.exists()
 
 
+def test_fine_tuning_uses_only_the_tensors_of_a_checkpoint(compose, tmp_path) -> None:
+    """The user's own config builds the model; the checkpoint's stored config (crafted here) is never read."""
+    import yaml
+
+    from medseg.tasks.train import run_train
+
+    path, model = _checkpoint(compose, tmp_path / "shared.pt")
+    payload = torch.load(path, weights_only=True)
+    cfg = yaml.safe_load(payload["config_yaml"])
+    marker = tmp_path / "marker"
+    cfg["model"]["dropout"] = {"_target_": "pathlib.Path.touch", "self": str(marker)}
+    payload["config_yaml"] = yaml.safe_dump(cfg)
+    torch.save(payload, path)
+    out = tmp_path / "tuned"
+    fast = ("model.channels=[4,8]", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+    run_train(compose(*fast, "trainer.log_images_every_n_epochs=0", f"ckpt={path}", output_dir=out))
+    assert not marker.exists()
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
 def test_fine_tuning_refuses_the_weights_of_another_network(compose) -> None:
     from medseg.models.factory import build_model
     from medseg.tasks.build import check_weights_fit, load_weights
