@@ -66,6 +66,9 @@ def main(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
+    from medseg.config.validate import validate_config
+
+    validate_config(cfg)  # every value in its range before any work or output
     _keep_secrets_out(cfg)
     if cfg.mode == "train":
         _config_tree(cfg, show=bool(cfg.print_config))
@@ -73,12 +76,14 @@ def main(cfg: DictConfig) -> Any:
 
 
 def _keep_secrets_out(cfg: DictConfig) -> None:
-    """Mask secret values in log records and in the config files Hydra has already written."""
+    """Mask secret values (and URL passwords) in log records and in the config files Hydra has written.
+
+    Secrets typed on the command line never reach these files (cli.one_line_errors moves them into
+    environment variables first); this catches secrets that come from YAML files or ${oc.env:...}.
+    """
     from medseg.config.redact import install_log_filter, redact_files, secret_values
 
     secrets = secret_values(cfg)
-    if not secrets:
-        return
     install_log_filter(secrets)
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

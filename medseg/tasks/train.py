@@ -27,7 +27,7 @@ from medseg.models.factory import build_model, describe_model
 from medseg.precision import resolve_precision
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.sweeps.trial_context import current_trial
-from medseg.tasks.build import build_optimizer, build_train_loss, load_weights
+from medseg.tasks.build import build_optimizer, build_train_loss, check_weights_fit, load_weights
 from medseg.tracking.base import build_trackers
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     seed_everything(int(cfg.seed))
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.dims)
     model_facts = describe_model(model, cfg.model)
+    if ckpt is not None:  # only the tensors are used; nothing named in the checkpoint's config is built
+        stored_model = (ckpt.get("model_facts") or {}).get("architecture")
+        check_weights_fit(model, ckpt.get("model"), str(cfg.ckpt), stored_model)
     if ckpt is not None and not tcfg.resume:
         load_weights(model, ckpt["model"], str(cfg.ckpt))
         log.info("fine-tuning from the weights in %s", cfg.ckpt)
