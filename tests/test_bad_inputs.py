@@ -331,8 +331,6 @@ def _no_metrics(ctx: Ctx, outcome: Outcome) -> None:
     assert not (ctx.run / "metrics.csv").exists()
 
 
-EVALUATE_XFAIL = pytest.mark.xfail(strict=True, reason="evaluate input checks land with the infer branch")
-
 FILE_ROWS = [
     Row("truncated-nifti", _truncated_image, r"case_002.*cannot read"),
     Row(
@@ -353,14 +351,12 @@ FILE_ROWS = [
         _evaluate_truncated_label,
         r"case_001.*labelsTr/case_001\.nii\.gz",
         check=_no_metrics,
-        marks=(EVALUATE_XFAIL,),
     ),
     Row(
         "evaluate-label-shape-mismatch",
         _evaluate_shape_mismatch,
         r"case_000.*shape",
         check=_no_metrics,
-        marks=(EVALUATE_XFAIL,),
     ),
 ]
 
