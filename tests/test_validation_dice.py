@@ -123,23 +123,32 @@ def test_val_dice_is_the_mean_over_cases_of_per_case_dice():
     assert val["dice"] != pytest.approx(val["dice_pooled"], abs=1e-3)  # the two numbers differ here
 
 
+class CapturedSums:
+    """Stands in for the process group: keeps what validate would sum over ranks."""
+
+    def __init__(self) -> None:
+        self.counts: torch.Tensor | None = None
+
+    def sum_loss(self, loss: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+        return loss, n
+
+    def sum_(self, counts: torch.Tensor) -> torch.Tensor:
+        self.counts = counts.clone()
+        return counts
+
+
 def test_distributed_repeats_are_counted_once():
-    preds, truths = cases()  # 9 slices over 2 ranks: DistributedSampler repeats one slice on rank 1
-    data = OneHotSlices(preds, truths)
-    merged = None
-    for rank in (0, 1):
-        loader = make_loader(data, 2, False, {"num_workers": 0}, seed=0, world_size=2, rank=rank)
-        trainer = trainer_for(loader)
-        trainer.distributed = type("Sum", (), {})()  # validate sums the per-rank counts; emulate two ranks
-        captured = {}
-        trainer.distributed.sum_loss = lambda loss, n: (loss, n)
-        trainer.distributed.sum_ = lambda counts: captured.setdefault("counts", counts.clone())
-        trainer.validate()
-        merged = captured["counts"] if merged is None else merged + captured["counts"]
-    single = trainer_for(make_loader(data, 2, False, {"num_workers": 0}, seed=0))
-    single.validate()
+    """Two ranks emulated in one process (their counts added as the all-reduce would)."""
     from medseg.engine.metrics import CaseConfusion
 
+    preds, truths = cases()  # 9 slices over 2 ranks: DistributedSampler repeats one slice on rank 1
+    data = OneHotSlices(preds, truths)
+    merged = torch.zeros(3, 3, K, dtype=torch.float64)
+    for rank in (0, 1):
+        trainer = trainer_for(make_loader(data, 2, False, {"num_workers": 0}, seed=0, world_size=2, rank=rank))
+        trainer.distributed = CapturedSums()
+        trainer.validate()
+        merged += trainer.distributed.counts
     reference = CaseConfusion(3, K)
     for c, (p, t) in enumerate(zip(preds, truths)):
         reference.update(p, t, c)
