@@ -99,6 +99,7 @@ class Trainer:
         self.should_stop = False
         self.history: list[dict[str, Any]] = []
         self.nonfinite_in_a_row = 0
+        self._group_loss = torch.zeros((), device=device)  # loss x weight of the current accumulation group
         self.oom = OomRecovery(oom_recovery, int(getattr(train_loader, "batch_size", 0) or 0))
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_saved: Path | None = None
