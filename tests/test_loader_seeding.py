@@ -29,10 +29,15 @@ class SameImage(torch.utils.data.Dataset):
 
 
 def draw(loader, epoch: int) -> dict[int, torch.Tensor]:
-    loader.sampler.set_epoch(epoch)
-    out = {}
+    """Item index -> drawn image (a loader without an "index" key is taken to be in index order)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    out, position = {}, 0
     for batch in loader:
-        for index, image in zip(batch["index"].tolist(), batch["image"]):
+        n = batch["image"].shape[0]
+        indices = batch["index"].tolist() if "index" in batch else range(position, position + n)
+        position += n
+        for index, image in zip(indices, batch["image"]):
             out[index] = image
     return out
 
