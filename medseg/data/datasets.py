@@ -105,9 +105,15 @@ class SliceDataset(Dataset):
     ) -> None:
         self.volumes, self.axis, self.transform = volumes, axis, transform
         self.index: list[tuple[int, int]] = []
+        self.case_ids: list[str] = []  # items keep case order: case_index(i) is non-decreasing
+        self._slice_shapes: list[tuple[int, ...]] = []
         fg: list[bool] = []
         for v in range(len(volumes)):
-            label = loaded(volumes, v)["label"]
+            vol = loaded(volumes, v)
+            label = vol["label"]
+            self.case_ids.append(str(vol.get("id", v)))
+            shape = tuple(label.shape[1:])
+            self._slice_shapes.append(shape if label.ndim == 3 else shape[:axis] + shape[axis + 1 :])
             if label.ndim == 3:  # native 2D: (1, H, W)
                 self.index.append((v, -1))
                 fg.append(bool(label.any()))
@@ -125,6 +131,14 @@ class SliceDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def case_index(self, i: int) -> int:
+        """The case (volume) item i was cut from."""
+        return self.index[i][0]
+
+    def spatial_shape(self, i: int) -> tuple[int, ...]:
+        """Spatial size of item i before the item transforms pad it."""
+        return self._slice_shapes[self.index[i][0]]
 
     def __getitem__(self, i: int) -> dict:
         v, s = self.index[i]
@@ -159,9 +173,22 @@ class VolumeDataset(Dataset):
     def __init__(self, volumes: Any, transform: Any, items_per_index: int = 1) -> None:
         self.volumes, self.transform = volumes, transform
         self.items_per_index = int(items_per_index)
+        cases = getattr(volumes, "data", None) or [{} for _ in range(len(volumes))]  # MONAI datasets keep their cases
+        self.case_ids = [str(c.get("id", i)) for i, c in enumerate(cases)]
+        self._shapes: dict[int, tuple[int, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.volumes)
+
+    def case_index(self, i: int) -> int:
+        """The case item i belongs to: one item per case."""
+        return i
+
+    def spatial_shape(self, i: int) -> tuple[int, ...]:
+        """Spatial size of volume i before the item transforms pad it."""
+        if i not in self._shapes:
+            self._shapes[i] = tuple(loaded(self.volumes, i)["label"].shape[1:])
+        return self._shapes[i]
 
     def __getitem__(self, i: int) -> Any:
         vol = loaded(self.volumes, i)

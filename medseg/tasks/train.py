@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medseg.config.redact import redact_config
-from medseg.data.datamodule import build_data, make_loader
+from medseg.data.datamodule import build_data
 from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
 from medseg.engine.checkpoint import library_versions, load_checkpoint
 from medseg.engine.distributed import DistContext, init_distributed, shared_run_dir
@@ -62,7 +62,7 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         write_json(out / "label_map.json", {str(i): name for i, name in enumerate(info.class_names)})
 
     # 2. model, loss, optimizer, schedule, precision
-    seed_everything(int(cfg.seed))
+    seed_everything(int(cfg.seed), rank)  # each rank its own stream (dropout); DDP copies rank 0's initial weights
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.dims)
     model_facts = describe_model(model, cfg.model)
     if ckpt is not None:  # only the tensors are used; nothing named in the checkpoint's config is built
@@ -133,10 +133,6 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         "tracker_ids": {t.name: t.run_id for t in trackers if t.run_id},
     }
 
-    def loader_factory(batch_size: int) -> Any:
-        shuffle = bool(cfg.data.shuffle)
-        return make_loader(data.train_set, batch_size, shuffle, data.loader_kwargs, int(cfg.seed), world_size, rank)
-
     trainer = Trainer(
         train_model,
         loss_fn,
@@ -163,7 +159,6 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         seed=int(cfg.seed),
         callbacks=callbacks,
         inferer=make_inferer(cfg.data, overlap=float(cfg.predict.overlap)),
-        loader_factory=loader_factory,
         channels_last=bool(cfg.hardware.channels_last) and info.dims == 2,
         progress_bar=bool(tcfg.progress_bar),
         extra_state=extra_state,
