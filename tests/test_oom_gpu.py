@@ -37,7 +37,7 @@ class Slices(torch.utils.data.Dataset):
 def make(batch: int, device: torch.device):
     from monai.losses import DiceCELoss
 
-    from medseg.engine.precision import resolve_precision
+    from medseg.precision import resolve_precision
     from medseg.engine.schedulers import LRSchedule
     from medseg.engine.trainer import Trainer
     from medseg.models.unet import UNet

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medseg.engine.precision import Precision
+from medseg.precision import Precision
 from medseg.engine.schedulers import LRSchedule
 from tests.test_trainer import make_trainer
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from medseg.data.datamodule import make_loader
-from medseg.engine.precision import resolve_precision
+from medseg.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer, unpadded
 from medseg.tasks.evaluate import class_scores
