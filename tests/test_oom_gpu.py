@@ -37,10 +37,10 @@ class Slices(torch.utils.data.Dataset):
 def make(batch: int, device: torch.device):
     from monai.losses import DiceCELoss
 
-    from medseg.precision import resolve_precision
     from medseg.engine.schedulers import LRSchedule
     from medseg.engine.trainer import Trainer
     from medseg.models.unet import UNet
+    from medseg.precision import resolve_precision
 
     torch.manual_seed(0)
     model = UNet(1, 3, 2, channels=[32, 64, 128], norm="instance").to(device)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medseg.precision import Precision
 from medseg.engine.schedulers import LRSchedule
+from medseg.precision import Precision
 from tests.test_trainer import make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]

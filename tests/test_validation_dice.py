@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from medseg.data.datamodule import make_loader
-from medseg.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer, unpadded
+from medseg.precision import resolve_precision
 from medseg.tasks.evaluate import class_scores
 from tests.conftest import TINY
 
