@@ -193,7 +193,7 @@ class MedsegConfig:
     ckpt: str | None = None
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
-    print_config: bool = True
+    print_config: bool = False
     model: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = None
@@ -213,3 +213,6 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="medseg_schema", node=MedsegConfig)
+    from medseg.config.resolvers import register_resolvers
+
+    register_resolvers()

@@ -176,6 +176,10 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         for tracker in trackers:
             tracker.finish(exit_code)
     log.info("best %s = %s at epoch %s; run folder %s", tcfg.monitor, _fmt(best), trainer.best_epoch, out)
+    if main_process:
+        from medseg.tasks.next_commands import log_next_commands
+
+        log_next_commands(cfg, out)
     return best
 
 
