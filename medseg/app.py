@@ -90,13 +90,11 @@ def _keep_secrets_out(cfg: DictConfig) -> None:
 def _config_tree(cfg: DictConfig, show: bool) -> None:
     """The short run header; the resolved config (secrets masked) as a tree: logged when `show`, always saved
     as config_tree.txt."""
-    from medseg.config.redact import redact_config
+    from medseg.config.header import hydra_choices_and_overrides, run_header
+    from medseg.config.redact import redact_config, redact_text, secret_values
     from medseg.config.tree import config_tree
     from medseg.io_utils import write_text
     from medseg.runtime import run_dir
-
-    from medseg.config.header import hydra_choices_and_overrides, run_header
-    from medseg.config.redact import redact_text, secret_values
 
     out = run_dir(cfg)
     tree = config_tree(redact_config(cfg))
