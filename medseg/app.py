@@ -61,6 +61,9 @@ def main(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
     _keep_secrets_out(cfg)
     _config_tree(cfg, show=bool(cfg.print_config))
+    from medseg.hardware import apply_cpu_limits
+
+    apply_cpu_limits(cfg)  # loader workers and PyTorch threads fitted to the usable CPUs, before any exist
     return MODES[cfg.mode](cfg)
 
 

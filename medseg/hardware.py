@@ -1,5 +1,6 @@
-"""Hardware presets at run time: hardware=auto picks cpu / 4gb / 8gb / 16gb+ from the device, and
-hardware.find_batch_size searches the largest micro-batch that fits on the GPU.
+"""Hardware presets at run time: hardware=auto picks cpu / 4gb / 8gb / 16gb+ from the device,
+hardware.find_batch_size searches the largest micro-batch that fits on the GPU, and the CPU limits
+(loader workers and PyTorch threads) are fitted to the CPUs this process may use.
 
 The presets themselves are YAML files in conf/hardware/; this module only chooses and applies one.
 """
@@ -7,6 +8,7 @@ The presets themselves are YAML files in conf/hardware/; this module only choose
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -121,7 +123,58 @@ def resolve_auto_hardware(
         why,
         f"; kept from the command line or recipe: {', '.join(sorted(kept))}" if kept else "",
     )
+    apply_cpu_limits(cfg)  # the preset's loader workers may exceed this machine's CPUs
     return name
+
+
+# ---------------------------------------------------------------------- CPU limits
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or taskset's share), not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_limits(num_workers: int, num_threads: int | None, cpus: int) -> tuple[int, int]:
+    """(loader workers, PyTorch intra-op threads) for `cpus` usable CPUs.
+
+    Workers are capped at `cpus`: more worker processes than CPUs only time-slice (and PyTorch warns).
+    Threads: `num_threads` when given, else the CPUs left once the workers are counted (at least 1), so the
+    training step's threads do not fight the loader for the same cores.
+    """
+    workers = min(max(0, int(num_workers)), cpus)
+    threads = int(num_threads) if num_threads else max(1, cpus - workers)
+    if threads < 1:
+        raise ConfigError(f"hardware.num_threads={num_threads} must be >= 1 (or null = automatic)")
+    return workers, threads
+
+
+def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None) -> tuple[int, int]:
+    """Cap cfg.hardware.num_workers at the usable CPUs and set torch's thread count (hardware.num_threads).
+
+    Logs once when it changes what the config asked for. Returns (workers, threads).
+    """
+    import torch
+
+    cpus = usable_cpus() if cpus is None else cpus
+    hw = cfg.hardware
+    asked = int(hw.num_workers)
+    workers, threads = cpu_limits(asked, hw.num_threads, cpus)
+    if workers != asked:
+        OmegaConf.update(cfg, "hardware.num_workers", workers, merge=False)
+        log.info(
+            "hardware: %d loader workers asked, %d CPU(s) usable: using %d workers and %d PyTorch thread(s)",
+            asked,
+            cpus,
+            workers,
+            threads,
+        )
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return workers, threads
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -17,12 +17,52 @@ from medseg.tasks.lr_find import lr_range_test, suggest_lr
 FP32 = Precision("32", None, False)
 
 
-def test_suggestion_is_at_the_steepest_descent():
-    lrs = list(np.logspace(-6, 0, 61))
-    # a loss that falls fastest around lr = 1e-3 (a logistic step in log10 lr)
-    smoothed = [2.0 - 1.0 / (1.0 + math.exp(-4 * (math.log10(lr) + 3))) for lr in lrs]
-    assert suggest_lr(lrs, smoothed) == pytest.approx(1e-3, rel=0.3)
-    assert suggest_lr(lrs[:3], smoothed[:3]) is None  # too few points for a slope
+def _sweep_curve(lrs, seed=0):
+    """A range test's loss: flat, falling from about 1e-4, bottoming out near 3e-2, then diverging; noisy."""
+    rng = np.random.default_rng(seed)
+    x = np.log10(lrs)
+    fall = 1.0 / (1.0 + np.exp(-3 * (x + 2.5)))
+    rise = np.exp(3 * (x + 1.0))
+    return list(2.0 - fall + 0.1 * rise + rng.normal(0, 0.03, len(lrs)))
+
+
+def test_suggestion_is_a_tenth_of_where_the_loss_bottoms_out():
+    lrs = list(np.logspace(-7, 0, 100))
+    losses = _sweep_curve(lrs)
+    x = np.log10(lrs)
+    exact = 2.0 - 1.0 / (1.0 + np.exp(-3 * (x + 2.5))) + 0.1 * np.exp(3 * (x + 1.0))
+    true_min = lrs[int(np.argmin(exact))]
+    got = suggest_lr(lrs, losses)
+    assert got["loss_min_lr"] == pytest.approx(true_min, rel=0.6)
+    assert got["suggestion"] == pytest.approx(got["loss_min_lr"] / 10)
+    # the suggestion lies on the falling part of the curve, well before the minimum
+    i = int(np.argmin(np.abs(x - np.log10(got["suggestion"]))))
+    assert exact[i] < exact[0] - 0.2 and np.gradient(exact, x)[i] < 0
+
+
+def test_running_average_lag_does_not_move_the_suggestion():
+    """The sweep's running average (smoothing 0.98) trails the loss by ~50 steps; the rule reads a centred
+    average instead, so a shifted minimum of the running average does not drag the suggestion up."""
+    lrs = list(np.logspace(-7, 0, 100))
+    losses = _sweep_curve(lrs)
+    avg, running = 0.0, []
+    for step, value in enumerate(losses):
+        avg = 0.98 * avg + 0.02 * value
+        running.append(avg / (1 - 0.98 ** (step + 1)))
+    lagged_min = lrs[int(np.argmin(running))]
+    got = suggest_lr(lrs, losses)
+    assert lagged_min > 3 * got["loss_min_lr"]  # the running average bottoms out far too late
+    assert got["suggestion"] < lagged_min / 10
+
+
+def test_no_suggestion_when_the_loss_never_falls_or_too_few_steps_ran():
+    lrs = list(np.logspace(-5, 0, 30))
+    assert suggest_lr(lrs, list(np.linspace(1.0, 3.0, 30)))["suggestion"] is None
+    assert suggest_lr(lrs[:4], [2.0, 1.5, 1.0, 0.5])["suggestion"] is None
+    # a non-finite loss ends the usable part of the sweep
+    falling = list(np.linspace(2.0, 1.0, 20)) + [float("nan")] * 10
+    got = suggest_lr(lrs, falling)
+    assert got["loss_min_lr"] is not None and got["loss_min_lr"] <= lrs[19]
 
 
 def _regression_batches():
@@ -52,7 +92,7 @@ def test_range_test_sweeps_exponentially_and_stops_on_divergence():
     ratios = lrs[1:] / lrs[:-1]
     assert np.allclose(ratios, ratios[0])  # a constant factor per step: exponential
     assert result["diverged"] and result["steps"] < 60  # SGD on MSE blows up well before lr = 100
-    assert 1e-4 <= result["suggestion"] <= lrs[-1]
+    assert 1e-5 <= result["suggestion"] <= lrs[-1] / 10
     assert min(result["smoothed"]) < result["smoothed"][0]  # the loss fell before it diverged
 
 
@@ -70,6 +110,19 @@ def test_lr_find_mode_writes_plot_and_json(compose, tmp_path, caplog):
     assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert not (run / "checkpoints").exists()  # a range test leaves no weights behind
     assert f"suggested learning rate {suggestion:.2e}" in caplog.text
+    assert "minimum of the loss" in caplog.text and data["rule"] in caplog.text
+    assert suggestion == pytest.approx(data["loss_min_lr"] / 10)
+
+
+def test_lr_find_shows_progress_without_a_terminal(compose, caplog):
+    from medseg.app import main
+
+    cfg = compose("mode=lr_find", "lr_find.num_steps=10", "lr_find.min_lr=1e-5", "lr_find.max_lr=1e-2")
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        main(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lr_find: ")]
+    assert [m.split(" (")[0] for m in lines[:10]] == [f"lr_find: {i}/10" for i in range(1, 11)]
+    assert "lr " in lines[0] and "loss " in lines[0]
 
 
 def test_lr_find_rejects_a_reversed_range(compose):
