@@ -5,12 +5,14 @@ training batch, on a freshly initialised model. An exponential moving average of
 divergence while the sweep runs: it stops when that average exceeds lr_find.diverge_factor times its
 minimum.
 
-The suggestion is fastai's "minimum / 10" rule: the learning rate where the loss bottoms out, divided
-by 10. The minimum is taken on a centred moving average of the raw loss (computed after the sweep), not
-on the running average: with smoothing 0.98 the running average trails the loss by about 50 steps, half
-a 100-step sweep, which moves its minimum and its steepest slope several-fold towards higher rates.
-At the minimum the loss has stopped improving and is about to diverge; a tenth of it lies on the
-steep, stable part of the curve. A minimum is also less sensitive to noise than a slope is.
+The suggestion is the learning rate where the loss falls fastest: the steepest negative slope, against
+log10(lr), of a centred moving average of the raw loss (a tenth of the sweep wide), searched on the falling
+part of the curve (up to the average's minimum). The centred average is computed after the sweep and does
+not lag: the running average above (smoothing 0.98) trails the loss by about 50 steps, half a 100-step
+sweep, and read on it the steepest slope lands where the raw loss already bottoms out, about 10x too
+high. The slope is also steadier than fastai's "minimum / 10": when the loss flattens into a noisy floor
+instead of diverging (Adam with batch norm often does), the minimum wanders along the floor by a decade
+from one run to the next, while the falling part, and its steepest point, stay put.
 Writes lr_find.png (with the rule marked) and lr_find.json into the run folder; no checkpoints.
 """
 
@@ -170,7 +172,7 @@ def lr_range_test(
     }
 
 
-RULE = "lr at the minimum of the loss (centred moving average) / 10"
+RULE = "steepest descent of the loss (centred moving average)"
 
 
 def loss_trend(losses: list[float], window: int | None = None) -> np.ndarray:
@@ -188,10 +190,11 @@ def loss_trend(losses: list[float], window: int | None = None) -> np.ndarray:
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> dict[str, Any]:
-    """The minimum / 10 rule on the finite losses of a sweep.
+    """The steepest-descent rule on the finite losses of a sweep.
 
-    Returns {"suggestion", "loss_min_lr", "trend"}; the suggestion is None when fewer than 5 steps ran
-    or the loss never fell below its start (its minimum is the first step).
+    Returns {"suggestion", "loss_min_lr", "trend"}: the suggested lr, the lr where the average bottoms
+    out, and the centred average. The suggestion is None when fewer than 5 steps ran or the loss never
+    fell (the average's minimum is its first point).
     """
     n = 0
     while n < len(losses) and math.isfinite(losses[n]):
@@ -199,10 +202,12 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> dict[str, Any]:
     if n < 5:
         return {"suggestion": None, "loss_min_lr": None, "trend": []}
     trend = loss_trend(losses[:n])
-    i = int(np.argmin(trend))
-    if i == 0:
+    low = int(np.argmin(trend))
+    if low == 0:
         return {"suggestion": None, "loss_min_lr": None, "trend": trend.tolist()}
-    return {"suggestion": float(lrs[i]) / 10.0, "loss_min_lr": float(lrs[i]), "trend": trend.tolist()}
+    slope = np.gradient(trend, np.log10(np.asarray(lrs[:n], dtype=float)))
+    steepest = int(np.argmin(slope[: low + 1]))
+    return {"suggestion": float(lrs[steepest]), "loss_min_lr": float(lrs[low]), "trend": trend.tolist()}
 
 
 def plot_lr_find(path: str | Path, result: dict[str, Any]) -> Path:
@@ -223,11 +228,11 @@ def plot_lr_find(path: str | Path, result: dict[str, Any]) -> Path:
         lr_at = np.asarray(lrs[: len(trend)])
         y_low = trend[int(np.argmin(np.abs(np.log(lr_at / low))))]
         y_sug = trend[int(np.argmin(np.abs(np.log(lr_at / suggestion))))]
-        ax.plot([low], [y_low], "o", color="k", label=f"minimum at {low:.2e}")
+        ax.plot([low], [y_low], "o", color="k", label=f"loss bottoms out at {low:.2e}")
         ax.axvline(suggestion, color="C3", linestyle="--", linewidth=1)
         ax.plot([suggestion], [y_sug], "*", color="C3", markersize=12, label=f"suggested {suggestion:.2e}")
         ax.annotate(
-            f"suggested {suggestion:.2e}\n= {RULE}",
+            f"suggested {suggestion:.2e}:\n{RULE}",
             xy=(suggestion, y_sug),
             xytext=(0.03, 0.06),
             textcoords="axes fraction",
