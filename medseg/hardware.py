@@ -138,31 +138,47 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def cpu_limits(num_workers: int, num_threads: int | None, cpus: int) -> tuple[int, int]:
-    """(loader workers, PyTorch intra-op threads) for `cpus` usable CPUs.
+def busy_cpus(cpus: int) -> float:
+    """How many of this process's CPUs other work keeps busy: the 1-minute load average, scaled to this
+    process's share of the machine's CPUs (0 where the platform has no load average)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+    return max(0.0, load * cpus / max(cpus, os.cpu_count() or cpus))
+
+
+def cpu_limits(num_workers: int, num_threads: int | None, cpus: int, busy: float = 0.0) -> tuple[int, int]:
+    """(loader workers, PyTorch intra-op threads) for `cpus` usable CPUs of which `busy` are taken by others.
 
     Workers are capped at `cpus`: more worker processes than CPUs only time-slice (and PyTorch warns).
-    Threads: `num_threads` when given, else the CPUs left once the workers are counted (at least 1), so the
-    training step's threads do not fight the loader for the same cores.
+    Threads: `num_threads` when given; else the CPUs left once the workers are counted, and no more than
+    the CPUs other work leaves idle (at least 1). PyTorch's threads wait for each other at every operation,
+    so one thread that shares its core with a busy process slows all of them: on a 2-core machine with one
+    busy process beside it a training step ran 3x slower with 2 threads than with 1, and far slower under
+    heavier sharing.
     """
     workers = min(max(0, int(num_workers)), cpus)
-    threads = int(num_threads) if num_threads else max(1, cpus - workers)
+    if num_threads:
+        threads = int(num_threads)
+    else:
+        threads = max(1, min(cpus - workers, round(cpus - busy)))
     if threads < 1:
         raise ConfigError(f"hardware.num_threads={num_threads} must be >= 1 (or null = automatic)")
     return workers, threads
 
 
-def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None) -> tuple[int, int]:
-    """Cap cfg.hardware.num_workers at the usable CPUs and set torch's thread count (hardware.num_threads).
-
-    Logs once when it changes what the config asked for. Returns (workers, threads).
-    """
+def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | None = None) -> tuple[int, int]:
+    """Cap cfg.hardware.num_workers at the usable CPUs and set torch's thread count (hardware.num_threads,
+    null = automatic). Logs once when the choice differs from what the config or the machine suggests.
+    Returns (workers, threads)."""
     import torch
 
     cpus = usable_cpus() if cpus is None else cpus
+    busy = busy_cpus(cpus) if busy is None else busy
     hw = cfg.hardware
     asked = int(hw.num_workers)
-    workers, threads = cpu_limits(asked, hw.num_threads, cpus)
+    workers, threads = cpu_limits(asked, hw.num_threads, cpus, busy)
     if workers != asked:
         OmegaConf.update(cfg, "hardware.num_workers", workers, merge=False)
         log.info(
@@ -170,6 +186,14 @@ def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None) -> tuple[int, int
             asked,
             cpus,
             workers,
+            threads,
+        )
+    elif not hw.num_threads and threads < cpus - workers and torch.get_num_threads() != threads:
+        log.info(
+            "hardware: other work keeps about %.1f of %d CPU(s) busy: %d PyTorch thread(s)"
+            " (hardware.num_threads=N to choose)",
+            busy,
+            cpus,
             threads,
         )
     if torch.get_num_threads() != threads:

@@ -119,7 +119,8 @@ def test_auto_keeps_the_values_of_an_experiment_recipe(compose, monkeypatch):
     cfg = compose("hardware=auto", "experiment=totalseg_unet2d", tiny=False)
     assert resolve_auto_hardware(cfg, overrides=["hardware=auto"], experiment="totalseg_unet2d") == "8gb"
     assert cfg.data.batch_size == 16 and cfg.trainer.accumulate_grad_batches == 1  # the recipe's
-    assert str(cfg.trainer.precision) == "16-mixed" and cfg.hardware.num_workers == 4  # the preset's
+    assert str(cfg.trainer.precision) == "16-mixed"  # the preset's
+    assert cfg.hardware.num_workers == min(4, len(os.sched_getaffinity(0)))  # the preset's, capped at the CPUs
 
 
 def test_auto_does_nothing_for_a_named_preset(compose):
@@ -238,6 +239,20 @@ def test_cpu_limits_cap_workers_and_leave_the_rest_to_torch():
     assert cpu_limits(0, None, cpus=2) == (0, 2)  # cpu preset: loading in the main process, both cores
     assert cpu_limits(2, None, cpus=16) == (2, 14)
     assert cpu_limits(8, 3, cpus=4) == (4, 3)  # an explicit hardware.num_threads wins
+    # other work on the same CPUs: fewer threads, so none waits on a core it shares
+    assert cpu_limits(0, None, cpus=2, busy=1.1) == (0, 1)
+    assert cpu_limits(0, None, cpus=2, busy=9.0) == (0, 1)
+    assert cpu_limits(0, None, cpus=8, busy=3.0) == (0, 5)
+    assert cpu_limits(0, None, cpus=2, busy=0.3) == (0, 2)
+    assert cpu_limits(0, 2, cpus=2, busy=9.0) == (0, 2)  # the user's choice stands
+
+
+def test_busy_cpus_is_the_load_on_this_process_share(monkeypatch):
+    import medseg.hardware as hardware
+
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 16)
+    assert hardware.busy_cpus(4) == 3.0  # a quarter of the machine's CPUs carries a quarter of its load
 
 
 def test_usable_cpus_is_the_affinity_mask(monkeypatch):
@@ -254,12 +269,12 @@ def test_apply_cpu_limits_updates_the_config_sets_threads_and_logs_once(compose,
     before = torch.get_num_threads()
     try:
         with caplog.at_level(logging.INFO, logger="medseg.hardware"):
-            assert apply_cpu_limits(cfg, cpus=1) == (1, 1)
-            assert apply_cpu_limits(cfg, cpus=1) == (1, 1)  # already capped: nothing more to say
+            assert apply_cpu_limits(cfg, cpus=1, busy=0.0) == (1, 1)
+            assert apply_cpu_limits(cfg, cpus=1, busy=0.0) == (1, 1)  # already capped: nothing more to say
         assert cfg.hardware.num_workers == 1 and torch.get_num_threads() == 1
         assert caplog.text.count("4 loader workers asked, 1 CPU(s) usable") == 1
         cfg = compose("hardware.num_threads=2")
-        assert apply_cpu_limits(cfg, cpus=8) == (0, 2) and torch.get_num_threads() == 2
+        assert apply_cpu_limits(cfg, cpus=8, busy=0.0) == (0, 2) and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

@@ -1,7 +1,10 @@
 """Does the lr_find suggestion hold up? On the demo data (or any overrides): run mode=lr_find, then train
 the same number of epochs at the default learning rate and at the suggested one, and print both Dice.
 
-    python -m medseg.benchmarks.lr_find_check [--epochs 10] [override ...]
+    python -m medseg.benchmarks.lr_find_check [--epochs 10] [--lr-find DIR] [override ...]
+
+--lr-find reuses the lr_find.json of an earlier mode=lr_find run instead of running one. On a busy shared
+machine add hardware.num_threads=1 (for all runs alike), or the runs crawl.
 
 Each step is a `run.py` process with its run folder under --out (default a temporary folder); the
 figure compared is the best val/dice of each training run (history.json). Exit status 1 when the
@@ -39,13 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="folder for the three runs")
+    parser.add_argument("--lr-find", type=Path, default=None, help="a mode=lr_find run folder to reuse")
     parser.add_argument("overrides", nargs="*", help="run.py overrides for all three runs, e.g. data=msd")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="lr_find_check."))
     common = [*args.overrides, f"trainer.max_epochs={args.epochs}", "trainer.progress_bar=false"]
 
-    _run(["mode=lr_find", *args.overrides], out / "lr_find")
-    result = json.loads((out / "lr_find" / "lr_find.json").read_text())
+    sweep = args.lr_find
+    if sweep is None:
+        sweep = out / "lr_find"
+        _run(["mode=lr_find", *args.overrides], sweep)
+    result = json.loads((sweep / "lr_find.json").read_text())
     suggestion = result["suggestion"]
     if suggestion is None:
         print("lr_find gave no suggestion")

@@ -133,7 +133,7 @@ class HardwareConfig:
     device: str = "auto"
     memory_gb: float | None = None
     num_workers: int = 0
-    num_threads: int | None = None  # PyTorch intra-op threads; null = usable CPUs minus loader workers
+    num_threads: int | None = None  # PyTorch threads; null = usable CPUs minus loader workers and busy CPUs
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = None
