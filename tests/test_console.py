@@ -212,3 +212,18 @@ def test_demo_run_is_quiet_and_its_next_commands_and_readme_predict_work(tmp_pat
     assert example.returncode == 0, (example.stdout + example.stderr)[-3000:]
     (new,) = set((tmp_path / "outputs" / "predict").iterdir()) - before
     assert list((new / "predictions").glob("*.nii.gz"))
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_wandb_banner_only_when_asked(tmp_path, capfd, verbose):
+    from medseg.tracking.wandb_tracker import WandbTracker
+
+    tracker = WandbTracker(run_dir=str(tmp_path), mode="offline", verbose=verbose)
+    tracker.log_config({"mode": "train"}, {})
+    tracker.log_epoch({"epoch": 1, "train/loss": 0.5}, step=1)
+    tracker.finish()
+    printed = "".join(capfd.readouterr())
+    assert ("wandb sync" in printed) is verbose  # wandb's own closing hint
+    if not verbose:
+        assert "wandb:" not in printed
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
