@@ -190,11 +190,11 @@ def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | Non
         )
     elif not hw.num_threads and threads < cpus - workers and torch.get_num_threads() != threads:
         log.info(
-            "hardware: other work keeps about %.1f of %d CPU(s) busy: %d PyTorch thread(s)"
-            " (hardware.num_threads=N to choose)",
-            busy,
-            cpus,
+            "hardware: %d PyTorch thread(s): other work keeps %s CPU(s) busy (load %.1f);"
+            " hardware.num_threads=N to choose",
             threads,
+            f"all {cpus}" if busy >= cpus else f"about {busy:.1f} of {cpus}",
+            busy,
         )
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
