@@ -70,8 +70,10 @@ def main(cfg: DictConfig) -> Any:
 
     validate_config(cfg)  # every value in its range before any work or output
     _keep_secrets_out(cfg)
-    if cfg.mode == "train":
-        _config_tree(cfg, show=bool(cfg.print_config))
+    _config_tree(cfg, show=bool(cfg.print_config))
+    from medseg.hardware import apply_cpu_limits
+
+    apply_cpu_limits(cfg)  # loader workers and PyTorch threads fitted to the usable CPUs, before any exist
     return MODES[cfg.mode](cfg)
 
 
@@ -101,13 +103,20 @@ def _keep_secrets_out(cfg: DictConfig) -> None:
 
 
 def _config_tree(cfg: DictConfig, show: bool) -> None:
-    """The resolved config (secrets masked) as a tree: logged when `show`, always saved as config_tree.txt."""
-    from medseg.config.redact import redact_config
+    """The short run header; the resolved config (secrets masked) as a tree: logged when `show`, always saved
+    as config_tree.txt."""
+    from medseg.config.header import hydra_choices_and_overrides, run_header
+    from medseg.config.redact import redact_config, redact_text, secret_values
     from medseg.config.tree import config_tree
     from medseg.io_utils import write_text
     from medseg.runtime import run_dir
 
+    out = run_dir(cfg)
     tree = config_tree(redact_config(cfg))
-    write_text(run_dir(cfg) / "config_tree.txt", tree)
+    write_text(out / "config_tree.txt", tree)
+    choices, overrides = hydra_choices_and_overrides()
+    secrets = secret_values(cfg)
+    overrides = [redact_text(o, secrets) for o in overrides]
+    log.info("%s", run_header(str(cfg.mode), choices, overrides, out, None if show else out / "config_tree.txt"))
     if show:
         log.info("config:\n%s", tree)

@@ -134,6 +134,7 @@ class HardwareConfig:
     device: str = "auto"
     memory_gb: float | None = None
     num_workers: int = 0
+    num_threads: int | None = None  # PyTorch threads; null = usable CPUs minus loader workers and busy CPUs
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = None
@@ -204,7 +205,7 @@ class MedsegConfig:
     ckpt: str | None = None
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
-    print_config: bool = True
+    print_config: bool = False
     model: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = None
@@ -225,3 +226,6 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="medseg_schema", node=MedsegConfig)
+    from medseg.config.resolvers import register_resolvers
+
+    register_resolvers()

@@ -409,7 +409,9 @@ class Trainer:
             r["train/samples_per_s"],
             r["time/epoch_s"],
         )
-        if r.get("val/bottom5"):
+        # printed only when no class is in both lists: with fewer than 10 foreground classes they repeat
+        top, bottom = r.get("val/top5") or [], r.get("val/bottom5") or []
+        if bottom and not {n for n, _ in top} & {n for n, _ in bottom}:
             log.info("  top classes: %s | bottom: %s", _pairs(r["val/top5"]), _pairs(r["val/bottom5"]))
 
     def _log_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:

@@ -24,6 +24,7 @@ from medseg.hardware import fit_micro_batch, resolve_auto_hardware
 from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
+from medseg.models.input_size import fill_input_size
 from medseg.precision import resolve_precision
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.sweeps.trial_context import current_trial
@@ -62,6 +63,7 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         write_json(out / "label_map.json", {str(i): name for i, name in enumerate(info.class_names)})
 
     # 2. model, loss, optimizer, schedule, precision
+    fill_input_size(cfg.model, info.dims, [data.val_set, data.train_set])  # UNETR: a fixed size from the data
     seed_everything(int(cfg.seed), rank)  # each rank its own stream (dropout); DDP copies rank 0's initial weights
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.dims)
     model_facts = describe_model(model, cfg.model)
@@ -178,6 +180,10 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
 
         report_after_training(cfg, out, trainer, model, data, facts)
     log.info("best %s = %s at epoch %s; run folder %s", tcfg.monitor, _fmt(best), trainer.best_epoch, out)
+    if main_process:
+        from medseg.tasks.next_commands import log_next_commands
+
+        log_next_commands(cfg, out)
     return best
 
 
