@@ -50,6 +50,12 @@ def _preprocess(cfg: DictConfig) -> Any:
     return run_preprocess(cfg)
 
 
+def _report(cfg: DictConfig) -> Any:
+    from medseg.tasks.report import run_report
+
+    run_report(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
@@ -57,6 +63,7 @@ MODES: dict[str, Callable[[DictConfig], Any]] = {
     "benchmark": _benchmark,
     "lr_find": _lr_find,
     "preprocess": _preprocess,
+    "report": _report,
 }
 
 
@@ -66,19 +73,26 @@ def main(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
+    from medseg.config.validate import validate_config
+
+    validate_config(cfg)  # every value in its range before any work or output
     _keep_secrets_out(cfg)
-    if cfg.mode == "train":
-        _config_tree(cfg, show=bool(cfg.print_config))
+    _config_tree(cfg, show=bool(cfg.print_config))
+    from medseg.hardware import apply_cpu_limits
+
+    apply_cpu_limits(cfg)  # loader workers and PyTorch threads fitted to the usable CPUs, before any exist
     return MODES[cfg.mode](cfg)
 
 
 def _keep_secrets_out(cfg: DictConfig) -> None:
-    """Mask secret values in log records and in the config files Hydra has already written."""
+    """Mask secret values (and URL passwords) in log records and in the config files Hydra has written.
+
+    Secrets typed on the command line never reach these files (cli.one_line_errors moves them into
+    environment variables first); this catches secrets that come from YAML files or ${oc.env:...}.
+    """
     from medseg.config.redact import install_log_filter, redact_files, secret_values
 
     secrets = secret_values(cfg)
-    if not secrets:
-        return
     install_log_filter(secrets)
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -96,13 +110,20 @@ def _keep_secrets_out(cfg: DictConfig) -> None:
 
 
 def _config_tree(cfg: DictConfig, show: bool) -> None:
-    """The resolved config (secrets masked) as a tree: logged when `show`, always saved as config_tree.txt."""
-    from medseg.config.redact import redact_config
+    """The short run header; the resolved config (secrets masked) as a tree: logged when `show`, always saved
+    as config_tree.txt."""
+    from medseg.config.header import hydra_choices_and_overrides, run_header
+    from medseg.config.redact import redact_config, redact_text, secret_values
     from medseg.config.tree import config_tree
     from medseg.io_utils import write_text
     from medseg.runtime import run_dir
 
+    out = run_dir(cfg)
     tree = config_tree(redact_config(cfg))
-    write_text(run_dir(cfg) / "config_tree.txt", tree)
+    write_text(out / "config_tree.txt", tree)
+    choices, overrides = hydra_choices_and_overrides()
+    secrets = secret_values(cfg)
+    overrides = [redact_text(o, secrets) for o in overrides]
+    log.info("%s", run_header(str(cfg.mode), choices, overrides, out, None if show else out / "config_tree.txt"))
     if show:
         log.info("config:\n%s", tree)

@@ -1,7 +1,8 @@
 """One-line errors for run.py: user errors print `medseg: error: ...` and exit 2, no traceback.
 
 HYDRA_FULL_ERROR=1 or MEDSEG_DEBUG=1 shows the full traceback instead. Unexpected exceptions
-(bugs) always keep their traceback.
+(bugs) always keep their traceback. Secrets typed on the command line are moved out of sys.argv
+before Hydra sees it (medseg.config.redact.hide_argv_secrets); printed errors are masked too.
 """
 
 from __future__ import annotations
@@ -27,22 +28,22 @@ def describe_user_error(exc: BaseException) -> str | None:
     from medseg.errors import MedsegError
 
     if isinstance(exc, MedsegError):
-        return _flat(str(exc))
+        return _masked(_flat(str(exc)))
     chain = [exc]
     while chain[-1].__cause__ is not None and len(chain) < 5:
         chain.append(chain[-1].__cause__)
     for err in chain:
         if isinstance(err, MedsegError):
-            return _flat(str(err))
+            return _masked(_flat(str(err)))
     omega = next((e for e in chain if isinstance(e, OmegaConfBaseException)), None)
     if omega is not None:
         key = getattr(omega, "full_key", None)
         first = str(omega).strip().splitlines()[0] if str(omega).strip() else type(omega).__name__
         where = f"{key}: " if key else ""
-        return f"config error: {where}{first} (python run.py --cfg job lists the keys and values)"
+        return _masked(f"config error: {where}{first} (python run.py --cfg job lists the keys and values)")
     if isinstance(exc, HydraException):
         text = str(exc).split("Config search path")[0]
-        return "config error: " + _flat(text)
+        return _masked("config error: " + _flat(text))
     return None
 
 
@@ -50,9 +51,18 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def _masked(text: str) -> str:
+    from medseg.config.redact import redact_text, secret_values
+
+    return redact_text(text, secret_values())
+
+
 def one_line_errors(entry: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(entry)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from medseg.config.redact import hide_argv_secrets
+
+        sys.argv[:] = hide_argv_secrets(sys.argv)  # before Hydra writes or prints any override
         debug = _env_true("HYDRA_FULL_ERROR") or _env_true("MEDSEG_DEBUG")
         os.environ["_MEDSEG_USER_DEBUG"] = "1" if debug else "0"
         if not debug:

@@ -1,5 +1,6 @@
-"""Hardware presets at run time: hardware=auto picks cpu / 4gb / 8gb / 16gb+ from the device, and
-hardware.find_batch_size searches the largest micro-batch that fits on the GPU.
+"""Hardware presets at run time: hardware=auto picks cpu / 4gb / 8gb / 16gb+ from the device,
+hardware.find_batch_size searches the largest micro-batch that fits on the GPU, and the CPU limits
+(loader workers and PyTorch threads) are fitted to the CPUs this process may use.
 
 The presets themselves are YAML files in conf/hardware/; this module only chooses and applies one.
 """
@@ -7,6 +8,7 @@ The presets themselves are YAML files in conf/hardware/; this module only choose
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -121,7 +123,82 @@ def resolve_auto_hardware(
         why,
         f"; kept from the command line or recipe: {', '.join(sorted(kept))}" if kept else "",
     )
+    apply_cpu_limits(cfg)  # the preset's loader workers may exceed this machine's CPUs
     return name
+
+
+# ---------------------------------------------------------------------- CPU limits
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or taskset's share), not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return max(1, os.cpu_count() or 1)
+
+
+def busy_cpus(cpus: int) -> float:
+    """How many of this process's CPUs other work keeps busy: the 1-minute load average, scaled to this
+    process's share of the machine's CPUs (0 where the platform has no load average)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+    return max(0.0, load * cpus / max(cpus, os.cpu_count() or cpus))
+
+
+def cpu_limits(num_workers: int, num_threads: int | None, cpus: int, busy: float = 0.0) -> tuple[int, int]:
+    """(loader workers, PyTorch intra-op threads) for `cpus` usable CPUs of which `busy` are taken by others.
+
+    Workers are capped at `cpus`: more worker processes than CPUs only time-slice (and PyTorch warns).
+    Threads: `num_threads` when given; else the CPUs left once the workers are counted, and no more than
+    the CPUs other work leaves idle (at least 1). PyTorch's threads wait for each other at every operation,
+    so one thread that shares its core with a busy process slows all of them: on a 2-core machine with one
+    busy process beside it a training step ran 3x slower with 2 threads than with 1, and far slower under
+    heavier sharing.
+    """
+    workers = min(max(0, int(num_workers)), cpus)
+    if num_threads:
+        threads = int(num_threads)
+    else:
+        threads = max(1, min(cpus - workers, round(cpus - busy)))
+    if threads < 1:
+        raise ConfigError(f"hardware.num_threads={num_threads} must be >= 1 (or null = automatic)")
+    return workers, threads
+
+
+def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | None = None) -> tuple[int, int]:
+    """Cap cfg.hardware.num_workers at the usable CPUs and set torch's thread count (hardware.num_threads,
+    null = automatic). Logs once when the choice differs from what the config or the machine suggests.
+    Returns (workers, threads)."""
+    import torch
+
+    cpus = usable_cpus() if cpus is None else cpus
+    busy = busy_cpus(cpus) if busy is None else busy
+    hw = cfg.hardware
+    asked = int(hw.num_workers)
+    workers, threads = cpu_limits(asked, hw.num_threads, cpus, busy)
+    if workers != asked:
+        OmegaConf.update(cfg, "hardware.num_workers", workers, merge=False)
+        log.info(
+            "hardware: %d loader workers asked, %d CPU(s) usable: using %d workers and %d PyTorch thread(s)",
+            asked,
+            cpus,
+            workers,
+            threads,
+        )
+    elif not hw.num_threads and threads < cpus - workers and torch.get_num_threads() != threads:
+        log.info(
+            "hardware: %d PyTorch thread(s): other work keeps %s CPU(s) busy (load %.1f);"
+            " hardware.num_threads=N to choose",
+            threads,
+            f"all {cpus}" if busy >= cpus else f"about {busy:.1f} of {cpus}",
+            busy,
+        )
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return workers, threads
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename over the target."""
+"""Atomic, durable file writes: write to a temporary name in the same folder, fsync, rename over the
+target, fsync the folder. A crash or power loss leaves either the old file or the new one, never a mix."""
 
 from __future__ import annotations
 
@@ -10,21 +11,68 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import (os.umask can only be read by setting it, which races
+    with other threads creating files; later changes of the umask by the program are not seen)."""
+    try:  # Linux: read it without touching it
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # once, at import, before any thread of ours exists
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+_FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` and move the result to `path`; a crash never leaves a partial file."""
+    """Call `write(tmp_path)` and move the result to `path`; a crash never leaves a partial file.
+
+    The data reaches the disk before the rename (fsync of the file) and the rename itself reaches it
+    before we return (fsync of the folder), so after a power loss `path` holds the old or the new content.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the mode a plain open() would
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_file(name: str) -> None:
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX); skipped where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -57,9 +105,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -68,7 +68,10 @@ def apply_backend_flags(hw: Any, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch; each DDP rank gets its own stream derived from (seed, rank)."""
+    if rank:
+        seed = int(np.random.SeedSequence([seed % (2**32), rank]).generate_state(1)[0])
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

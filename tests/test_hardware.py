@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -118,7 +119,8 @@ def test_auto_keeps_the_values_of_an_experiment_recipe(compose, monkeypatch):
     cfg = compose("hardware=auto", "experiment=totalseg_unet2d", tiny=False)
     assert resolve_auto_hardware(cfg, overrides=["hardware=auto"], experiment="totalseg_unet2d") == "8gb"
     assert cfg.data.batch_size == 16 and cfg.trainer.accumulate_grad_batches == 1  # the recipe's
-    assert str(cfg.trainer.precision) == "16-mixed" and cfg.hardware.num_workers == 4  # the preset's
+    assert str(cfg.trainer.precision) == "16-mixed"  # the preset's
+    assert cfg.hardware.num_workers == min(4, len(os.sched_getaffinity(0)))  # the preset's, capped at the CPUs
 
 
 def test_auto_does_nothing_for_a_named_preset(compose):
@@ -174,7 +176,7 @@ class _OOMAbove(torch.nn.Module):
 
 
 def test_search_with_injected_oom_sets_batch_and_accumulation(compose):
-    from medseg.engine.precision import Precision
+    from medseg.precision import Precision
     from medseg.tasks.build import build_loss
 
     cfg = compose("hardware=4gb", "hardware.find_batch_size=true", tiny=False)
@@ -203,8 +205,8 @@ def test_search_never_exceeds_the_effective_batch(compose):
 def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, monkeypatch):
     import medseg.hardware as hw
     from medseg.data.datamodule import build_data
-    from medseg.engine.precision import Precision
     from medseg.models.factory import build_model
+    from medseg.precision import Precision
     from medseg.tasks.build import build_loss
 
     cfg = compose(
@@ -225,3 +227,83 @@ def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, mon
     )
     assert loader.batch_size == 4 and cfg.data.batch_size == 4 and cfg.trainer.accumulate_grad_batches == 1
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------------- CPU limits
+
+
+def test_cpu_limits_cap_workers_and_leave_the_rest_to_torch():
+    from medseg.hardware import cpu_limits
+
+    assert cpu_limits(4, None, cpus=2) == (2, 1)  # 8gb preset on 2 cores: 2 workers, 1 thread
+    assert cpu_limits(0, None, cpus=2) == (0, 2)  # cpu preset: loading in the main process, both cores
+    assert cpu_limits(2, None, cpus=16) == (2, 14)
+    assert cpu_limits(8, 3, cpus=4) == (4, 3)  # an explicit hardware.num_threads wins
+    # other work on the same CPUs: fewer threads, so none waits on a core it shares
+    assert cpu_limits(0, None, cpus=2, busy=1.1) == (0, 1)
+    assert cpu_limits(0, None, cpus=2, busy=9.0) == (0, 1)
+    assert cpu_limits(0, None, cpus=8, busy=3.0) == (0, 5)
+    assert cpu_limits(0, None, cpus=2, busy=0.3) == (0, 2)
+    assert cpu_limits(0, 2, cpus=2, busy=9.0) == (0, 2)  # the user's choice stands
+
+
+def test_busy_cpus_is_the_load_on_this_process_share(monkeypatch):
+    import medseg.hardware as hardware
+
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 16)
+    assert hardware.busy_cpus(4) == 3.0  # a quarter of the machine's CPUs carries a quarter of its load
+
+
+def test_usable_cpus_is_the_affinity_mask(monkeypatch):
+    import medseg.hardware as hardware
+
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    assert hardware.usable_cpus() == 2
+
+
+def test_apply_cpu_limits_updates_the_config_sets_threads_and_logs_once(compose, caplog):
+    from medseg.hardware import apply_cpu_limits
+
+    cfg = compose("hardware=8gb", "hardware.device=cpu")
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="medseg.hardware"):
+            assert apply_cpu_limits(cfg, cpus=1, busy=0.0) == (1, 1)
+            assert apply_cpu_limits(cfg, cpus=1, busy=0.0) == (1, 1)  # already capped: nothing more to say
+        assert cfg.hardware.num_workers == 1 and torch.get_num_threads() == 1
+        assert caplog.text.count("4 loader workers asked, 1 CPU(s) usable") == 1
+        cfg = compose("hardware.num_threads=2")
+        assert apply_cpu_limits(cfg, cpus=8, busy=0.0) == (0, 2) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_gpu_preset_on_this_machine_loads_without_pytorch_worker_warnings(compose):
+    """The 8gb preset asks for 4 workers; on a machine with fewer usable CPUs PyTorch warns at every loader
+    start unless they are capped (on a machine with 4 or more the check passes either way)."""
+    import warnings
+
+    from medseg.data.datamodule import build_data
+    from medseg.hardware import apply_cpu_limits
+
+    cfg = compose("hardware=8gb", "hardware.device=cpu", "trainer.precision=32", "hardware.persistent_workers=false")
+    before = torch.get_num_threads()
+    try:
+        apply_cpu_limits(cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = build_data(cfg)
+            next(iter(data.train_loader))
+    finally:
+        torch.set_num_threads(before)
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+    assert data.train_loader.num_workers == min(4, len(os.sched_getaffinity(0)))
+
+
+def test_num_threads_has_a_default_everywhere(compose):
+    from medseg.config.schema import HardwareConfig
+
+    assert HardwareConfig().num_threads is None
+    for preset in ("cpu", "4gb", "8gb", "16gb+", "auto"):
+        assert compose(f"hardware={preset}").hardware.num_threads is None

@@ -4,25 +4,70 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from medseg.engine.precision import Precision
 from medseg.errors import ConfigError
+from medseg.precision import Precision
 from medseg.tasks.lr_find import lr_range_test, suggest_lr
 
 FP32 = Precision("32", None, False)
 
 
-def test_suggestion_is_at_the_steepest_descent():
-    lrs = list(np.logspace(-6, 0, 61))
-    # a loss that falls fastest around lr = 1e-3 (a logistic step in log10 lr)
-    smoothed = [2.0 - 1.0 / (1.0 + math.exp(-4 * (math.log10(lr) + 3))) for lr in lrs]
-    assert suggest_lr(lrs, smoothed) == pytest.approx(1e-3, rel=0.3)
-    assert suggest_lr(lrs[:3], smoothed[:3]) is None  # too few points for a slope
+def _sweep_curve(lrs, seed=0, noise=0.03):
+    """A range test's loss: flat, falling fastest at lr = 1e-3 (a logistic step in log10 lr), then a noisy
+    floor that rises slowly towards lr = 1."""
+    rng = np.random.default_rng(seed)
+    x = np.log10(lrs)
+    exact = 2.0 - 1.0 / (1.0 + np.exp(-3 * (x + 3.0))) + 0.05 * np.exp(2 * (x + 0.5))
+    return list(exact + rng.normal(0, noise, len(lrs))), exact
+
+
+def test_suggestion_is_the_steepest_descent_of_the_loss():
+    lrs = list(np.logspace(-7, 0, 100))
+    losses, exact = _sweep_curve(lrs)
+    got = suggest_lr(lrs, losses)
+    assert got["suggestion"] == pytest.approx(1e-3, rel=0.5)
+    assert got["loss_min_lr"] > got["suggestion"]  # found on the falling part, before the loss bottoms out
+
+
+def test_running_average_lag_does_not_move_the_suggestion():
+    """The sweep's running average (smoothing 0.98) trails the loss by ~50 steps: its steepest slope sits
+    near where the raw loss bottoms out. The rule reads a centred average, which does not lag."""
+    lrs = list(np.logspace(-7, 0, 100))
+    losses, _ = _sweep_curve(lrs)
+    avg, running = 0.0, []
+    for step, value in enumerate(losses):
+        avg = 0.98 * avg + 0.02 * value
+        running.append(avg / (1 - 0.98 ** (step + 1)))
+    x = np.log10(lrs)
+    lagged = lrs[int(np.argmin(np.gradient(running, x)))]
+    got = suggest_lr(lrs, losses)
+    assert lagged > 5 * got["suggestion"]  # the old reading: several-fold too high
+    assert got["suggestion"] == pytest.approx(1e-3, rel=0.5)
+
+
+def test_suggestion_is_steady_when_the_loss_ends_in_a_noisy_floor():
+    """When the loss flattens instead of diverging, its minimum wanders along the floor from run to run;
+    the steepest descent does not."""
+    lrs = list(np.logspace(-7, 0, 100))
+    runs = [suggest_lr(lrs, _sweep_curve(lrs, seed=s, noise=0.05)[0]) for s in range(6)]
+    suggestions = [r["suggestion"] for r in runs]
+    minima = [r["loss_min_lr"] for r in runs]
+    assert all(1e-3 / 2.5 < s < 1e-3 * 2.5 for s in suggestions)  # the true steepest point is 1e-3
+    assert max(minima) / min(minima) > max(suggestions) / min(suggestions)
+
+
+def test_no_suggestion_when_the_loss_never_falls_or_too_few_steps_ran():
+    lrs = list(np.logspace(-5, 0, 30))
+    assert suggest_lr(lrs, list(np.linspace(1.0, 3.0, 30)))["suggestion"] is None
+    assert suggest_lr(lrs[:4], [2.0, 1.5, 1.0, 0.5])["suggestion"] is None
+    # a non-finite loss ends the usable part of the sweep
+    falling = list(np.linspace(2.0, 1.0, 20)) + [float("nan")] * 10
+    got = suggest_lr(lrs, falling)
+    assert got["loss_min_lr"] is not None and got["loss_min_lr"] <= lrs[19]
 
 
 def _regression_batches():
@@ -52,7 +97,7 @@ def test_range_test_sweeps_exponentially_and_stops_on_divergence():
     ratios = lrs[1:] / lrs[:-1]
     assert np.allclose(ratios, ratios[0])  # a constant factor per step: exponential
     assert result["diverged"] and result["steps"] < 60  # SGD on MSE blows up well before lr = 100
-    assert 1e-4 <= result["suggestion"] <= lrs[-1]
+    assert 1e-4 <= result["suggestion"] <= result["loss_min_lr"] <= lrs[-1]
     assert min(result["smoothed"]) < result["smoothed"][0]  # the loss fell before it diverged
 
 
@@ -70,6 +115,19 @@ def test_lr_find_mode_writes_plot_and_json(compose, tmp_path, caplog):
     assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert not (run / "checkpoints").exists()  # a range test leaves no weights behind
     assert f"suggested learning rate {suggestion:.2e}" in caplog.text
+    assert data["rule"] in caplog.text and "steepest descent" in data["rule"]
+    assert len(data["trend"]) == data["steps"]
+
+
+def test_lr_find_shows_progress_without_a_terminal(compose, caplog):
+    from medseg.app import main
+
+    cfg = compose("mode=lr_find", "lr_find.num_steps=10", "lr_find.min_lr=1e-5", "lr_find.max_lr=1e-2")
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        main(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lr_find: ")]
+    assert [m.split(" (")[0] for m in lines[:10]] == [f"lr_find: {i}/10" for i in range(1, 11)]
+    assert "lr " in lines[0] and "loss " in lines[0]
 
 
 def test_lr_find_rejects_a_reversed_range(compose):

@@ -80,3 +80,26 @@ def test_scheduler_state_roundtrip():
     b = schedule("onecycle")
     b.load_state_dict(a.state_dict())
     assert b.steps_done == a.steps_done and b.scheduler.last_epoch == a.scheduler.last_epoch
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_warmup_then_cosine_reaches_eta_min_at_the_last_step(interval):
+    s = schedule("cosine", steps_per_epoch=5, max_epochs=4, interval=interval, warmup_epochs=1)
+    lrs = run(s, 4, 5)
+    assert lrs[0] == pytest.approx(0.1)  # warm-up ends at the base LR
+    assert lrs[-1] == pytest.approx(1e-6, rel=1e-3)
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_onecycle_after_warmup_has_no_jump():
+    s = schedule("onecycle", steps_per_epoch=5, max_epochs=4, warmup_epochs=1)
+    used = []
+    for _ in range(20):  # every step of the run: the scheduler must not be stepped past total_steps
+        used.append(s.lr())
+        s.optimizer.step()
+        s.after_optimizer_step()
+    assert s.scheduler.total_steps == 15
+    assert used[5] == pytest.approx(0.1 / 25)  # after 5 warm-up steps: where one-cycle starts
+    steps = [abs(b - a) for a, b in zip(used, used[1:])]
+    assert max(steps) < 0.06  # the cycle climbs 0.004 -> 0.1 in ~4.5 cosine steps (at most ~0.04); no jump
+    assert max(used) == pytest.approx(0.1, rel=0.01) and used[-1] == pytest.approx(0.1 / 25 / 1e4)

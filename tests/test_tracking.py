@@ -189,8 +189,10 @@ def test_csv_and_tensorboard_log_every_epoch_with_images_and_histograms(compose,
     from PIL import Image
 
     with Image.open(out / "images" / "val_epoch_002.png") as im:
-        # two items stacked (32 px each + 2 px gap); four 32 px tiles side by side with 2 px gaps
-        assert im.size == (4 * 32 + 3 * 2, 2 * 32 + 2)
+        # four 32 px tiles enlarged 8x to 256 px, 2 px gaps, 4 px margins; two items stacked under column
+        # titles, each with its label line, then the legend
+        assert im.size[0] == 4 * 256 + 3 * 2 + 8
+        assert im.size[1] > 2 * 256 + 4 * 16
 
 
 def test_image_panel_colours_truth_prediction_and_agreement() -> None:

@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from medseg.engine.callbacks import EarlyStopping, ModelCheckpoint
-from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
 from medseg.errors import TrainingError
 from medseg.models.unet import UNet
+from medseg.precision import resolve_precision
 from medseg.tasks.train import run_train
 
 CPU = torch.device("cpu")
@@ -158,7 +158,7 @@ def make_trainer(batch: int, accumulate: int, n: int = 10, loss_fn=None, callbac
         loader,
         val,
         device=CPU,
-        precision=resolve_precision("32", CPU),
+        precision=kwargs.pop("precision", resolve_precision("32", CPU)),
         num_classes=3,
         class_names=["bg", "a", "b"],
         max_epochs=kwargs.pop("max_epochs", 1),
@@ -180,25 +180,58 @@ def test_accumulation_equals_large_batch_including_partial_group():
         assert torch.allclose(a, b, atol=1e-5), name
 
 
-def test_oom_in_a_step_halves_micro_batch_and_keeps_effective_batch(caplog):
-    trainer = make_trainer(batch=4, accumulate=1, n=8, max_epochs=2)
-    trainer.model.grad_checkpointing = True  # already on: the next remedy is a smaller micro-batch
-    forward = trainer.model.forward
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_oom_mid_group_continues_at_once_and_matches_a_run_at_the_smaller_micro_batch(where, caplog):
+    """An out-of-memory error in the 2nd batch of a group (batch 4, accumulate 2): micro-batch 4 -> 2.
 
-    def limited(x):
-        if x.shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+    Injected (no CUDA here): raised once from the model's forward, or from its backward (a gradient hook),
+    where it may have touched some gradients and the group is recomputed. Reference: micro-batch 2 from
+    the start, the same 8-sample groups (10 samples: groups of 8 and 2).
+    """
+    reference = make_trainer(batch=2, accumulate=4, n=10, max_epochs=2)
+    reference.fit()
+
+    trainer = make_trainer(batch=4, accumulate=2, n=10, max_epochs=2)
+    trainer.model.grad_checkpointing = True  # already on: the next remedy is a smaller micro-batch
+    forward, calls = trainer.model.forward, {"n": 0}
+
+    def fails_once(x):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second batch of the first accumulation group
+            if where == "forward":
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            out = forward(x)
+
+            def oom(grad):
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+            out.register_hook(oom)
+            return out
         return forward(x)
 
-    trainer.model.forward = limited
-    trainer.loader_factory = lambda bs: DataLoader(
-        Items(8), batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(0)
-    )
+    trainer.model.forward = fails_once
     with caplog.at_level(logging.WARNING):
         trainer.fit()
-    assert "out of memory" in caplog.text
-    assert (trainer.micro_batch_size, trainer.accumulate) == (2, 2)
-    assert trainer.history[-1]["micro_batch"] == 2 and trainer.global_step == 4  # 2 steps per epoch throughout
+    assert "micro-batch 4 -> 2" in caplog.text
+    assert ("recomputed" in caplog.text) == (where == "backward")
+    assert trainer.micro_batch_size == 2 and trainer.accumulate == 2  # effective batch 8 as before
+    assert trainer.global_step == reference.global_step == 4
+    assert trainer.history[-1]["micro_batch"] == 2
+    for (name, a), b in zip(trainer.model.state_dict().items(), reference.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+    for key in ("train/loss", "train/dice"):  # each sample counted once in the epoch's metrics
+        assert trainer.history[-1][key] == pytest.approx(reference.history[-1][key], abs=1e-5)
+
+
+def test_oom_recovery_off_fails_plainly():
+    trainer = make_trainer(batch=2, accumulate=1, n=4, oom_recovery=False)
+
+    def oom(x):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    trainer.model.forward = oom
+    with pytest.raises(TrainingError, match="lower data.batch_size"):
+        trainer.fit()
 
 
 def test_oom_first_switches_on_gradient_checkpointing(caplog):
@@ -264,26 +297,25 @@ def test_gradient_clipping_by_norm_bounds_the_update():
     assert trainer.history[0]["train/grad_norm"] > 1e-3  # the logged norm is the one before clipping
 
 
-def test_early_stopping_restores_best_weights():
-    class FakeTrainer:
-        epoch = 0
-        should_stop = False
-        weights = {"w": torch.tensor([0.0])}
-
-        def model_state(self):
-            return self.weights
-
-        def load_model_state(self, state):
-            self.weights = state
-
-    es = EarlyStopping("val/dice", "max", patience=2, min_delta=0.01, restore_best=True)
-    t = FakeTrainer()
-    for epoch, dice in enumerate([0.5, 0.8, 0.805, 0.7], start=1):
-        t.epoch, t.weights = epoch, {"w": torch.tensor([float(epoch)])}
-        es.on_epoch_end(t, {"val/dice": dice})
-    assert t.should_stop and es.stopped_epoch == 4
-    es.on_fit_end(t)
-    assert t.weights["w"].item() == 2.0  # 0.805 is not better than 0.8 by min_delta
+def test_early_stopping_ends_the_run_with_the_best_weights_in_model_and_last_pt(tmp_path):
+    # Monitor the (constant) learning rate: epoch 1 is the best, no later epoch improves, so patience 1
+    # stops the run after epoch 2; the weights trained in epoch 2 must not be the run's result.
+    es = EarlyStopping("lr", "max", patience=1, min_delta=0.0, restore_best=True)
+    trainer = make_trainer(
+        batch=2,
+        accumulate=1,
+        n=6,
+        max_epochs=5,
+        monitor="lr",
+        callbacks=[es, ModelCheckpoint(tmp_path)],
+    )
+    trainer.fit()
+    assert es.stopped_epoch == 2 and trainer.epoch == 2 and trainer.best_epoch == 1
+    best, last = load(tmp_path / "best.pt"), load(tmp_path / "last.pt")
+    assert best["epoch"] == 1 and last["weights_epoch"] == 1
+    for key, value in best["model"].items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+        assert torch.equal(last["model"][key], value), key
 
 
 def test_precision_falls_back_on_cpu_with_a_warning(caplog):

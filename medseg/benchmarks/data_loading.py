@@ -54,8 +54,8 @@ def model_rate(cfg: Any, info: Any, batch: dict, steps: int, warmup: int) -> tup
     import torch
 
     from medseg.engine.plain_step import plain_train_step
-    from medseg.engine.precision import resolve_precision
     from medseg.models.factory import build_model
+    from medseg.precision import resolve_precision
     from medseg.runtime import select_device
     from medseg.tasks.build import build_loss, build_optimizer
 

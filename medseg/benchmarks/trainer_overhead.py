@@ -56,9 +56,9 @@ def bare_loop(loader: DataLoader, classes: int, device: torch.device) -> float:
 
 
 def medseg_loop(loader: DataLoader, classes: int, device: torch.device) -> float:
-    from medseg.engine.precision import resolve_precision
     from medseg.engine.schedulers import LRSchedule
     from medseg.engine.trainer import Trainer
+    from medseg.precision import resolve_precision
 
     model, optimizer, loss_fn = build(classes, device)
     trainer = Trainer(

@@ -1,9 +1,15 @@
 """Keep secrets out of everything a run writes: configs, logs, checkpoints and tracker payloads.
 
-Two kinds of values are masked: values of keys named like secrets (api_key, token, password,
-secret, credentials) and, anywhere in any text, the values of environment variables named like
-secrets (*_API_KEY, *TOKEN*, *SECRET*, *PASSWORD*), e.g. an API key that reached a config value
-through ${oc.env:WANDB_API_KEY} or a command-line override.
+Three kinds of values are masked: values of keys named like secrets (api_key, token, password,
+secret, credentials); the password of any URL (`scheme://user:password@host`, e.g. a database
+given as hydra.sweeper.storage); and, anywhere in any text, the values of environment variables
+named like secrets (*_API_KEY, *TOKEN*, *SECRET*, *PASSWORD*), e.g. an API key that reached a
+config value through ${oc.env:WANDB_API_KEY} or a command-line override.
+
+Secrets typed on the command line never reach Hydra: `hide_argv_secrets` moves them into
+environment variables before Hydra parses sys.argv, and the override reads them back with
+${oc.env:...}. Hydra's files (.hydra/*.yaml, multirun.yaml) and its console lines then hold only
+the interpolation, while the composed config resolves to the real value.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ SECRET_ENV = re.compile(r"(^|_)API_KEY$|TOKEN|SECRET|PASSWORD|PASSWD", re.I)
 # Shorter values are not searched for inside other text (TOKENIZERS_PARALLELISM=false is no secret).
 MIN_ENV_LEN = 8
 MIN_KEY_LEN = 4
+# The password part of `scheme://user:password@host` (user may be empty: `redis://:password@host`).
+URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s'\"]*:)(?P<password>[^@/\s'\"]+)(?=@)")
+# Environment variables that carry secrets moved out of the command line (hide_argv_secrets).
+ARGV_SECRET_ENV = "MEDSEG_ARGV_SECRET_"
 
 
 def is_secret_key(key: Any) -> bool:
@@ -48,16 +58,28 @@ def secret_values(config: Any = None, environ: dict[str, str] | None = None) -> 
         elif isinstance(node, (list, tuple)):
             for value in node:
                 walk(value)
+        elif isinstance(node, str):  # a URL password also masked where it appears without its URL
+            found.update(p for p in url_passwords(node) if len(p) >= MIN_KEY_LEN)
 
     walk(_plain(config))
     return sorted(found, key=len, reverse=True)  # longest first, so a secret inside another is masked whole
+
+
+def url_passwords(text: str) -> list[str]:
+    """Passwords of the URLs inside `text` (interpolations such as ${oc.env:X} are no passwords)."""
+    return [m.group("password") for m in URL_PASSWORD.finditer(text) if not m.group("password").startswith("${")]
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the password of every URL replaced by the mask (interpolations are left alone)."""
+    return URL_PASSWORD.sub(lambda m: m.group(0) if m.group("password").startswith("${") else m["head"] + MASK, text)
 
 
 def redact_text(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, MASK)
-    return text
+    return mask_urls(text)
 
 
 def redact(node: Any, secrets: Iterable[str] | None = None) -> Any:
@@ -90,7 +112,7 @@ def redact_files(paths: Iterable[Any], secrets: list[str]) -> None:
     from medseg.io_utils import write_text
 
     for path in map(Path, paths):
-        if not secrets or not path.is_file():
+        if not path.is_file():
             continue
         text = path.read_text(encoding="utf-8")
         masked = redact_text(text, secrets)
@@ -114,14 +136,58 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_filter(secrets: list[str]) -> None:
-    """Attach a RedactingFilter to every handler of the root logger (once per handler)."""
-    if not secrets:
-        return
+    """Attach a RedactingFilter to every handler of the root logger (once per handler); URL passwords
+    are masked even when `secrets` is empty."""
     for handler in logging.getLogger().handlers:
         old = [f for f in handler.filters if isinstance(f, RedactingFilter)]
         for f in old:
             handler.removeFilter(f)
         handler.addFilter(RedactingFilter(secrets))
+
+
+def hide_argv_secrets(argv: list[str], environ: Any = None) -> list[str]:
+    """Command-line overrides with every secret replaced by an ${oc.env:...} interpolation.
+
+    - a URL password (`hydra.sweeper.storage=postgresql://u:pw@host/db`) and the value of a secret-named
+      key (`logger.wandb.api_key=...`) move into a new environment variable MEDSEG_ARGV_SECRET_<n>;
+    - the value of a secret environment variable typed again (`logger.wandb.notes=$WANDB_API_KEY`) becomes
+      ${oc.env:<that variable>}.
+    Hydra composes the same config (child processes inherit the variables), but writes and prints only
+    the interpolations. argv[0] and options (`-m`, `--cfg`) are left alone.
+    """
+    env = os.environ if environ is None else environ
+    secrets = set(env_secrets(env))
+    known = {env[name]: name for name in sorted(env) if env[name] in secrets}
+    out = list(argv[:1])
+    for arg in argv[1:]:
+        if arg.startswith("-") or "=" not in arg:
+            out.append(arg)
+            continue
+        key, value = arg.split("=", 1)
+        out.append(f"{key}={_hide_value(key, value, env, known)}")
+    return out
+
+
+def _hide_value(key: str, value: str, env: Any, known: dict[str, str]) -> str:
+    def stash(secret: str) -> str:
+        for name, held in env.items():  # the same secret twice: one variable
+            if name.startswith(ARGV_SECRET_ENV) and held == secret:
+                return f"${{oc.env:{name}}}"
+        name = f"{ARGV_SECRET_ENV}{sum(n.startswith(ARGV_SECRET_ENV) for n in env) + 1}"
+        env[name] = secret
+        return f"${{oc.env:{name}}}"
+
+    leaf = key.lstrip("+~").rsplit(".", 1)[-1]
+    quote = value[:1] if len(value) >= 2 and value[:1] in "'\"" and value[-1:] == value[:1] else ""
+    inner = value[1:-1] if quote else value
+    if is_secret_key(leaf) and inner and "${" not in inner:
+        return quote + stash(inner) + quote
+    for secret, name in sorted(known.items(), key=lambda kv: -len(kv[0])):
+        inner = inner.replace(secret, f"${{oc.env:{name}}}")
+    inner = URL_PASSWORD.sub(
+        lambda m: m.group(0) if m["password"].startswith("${") else m["head"] + stash(m["password"]), inner
+    )
+    return quote + inner + quote
 
 
 def _plain(node: Any, resolve: bool = True) -> Any:

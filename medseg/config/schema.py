@@ -142,6 +142,7 @@ class HardwareConfig:
     device: str = "auto"
     memory_gb: float | None = None
     num_workers: int = 0
+    num_threads: int | None = None  # PyTorch threads; null = usable CPUs minus loader workers and busy CPUs
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = None
@@ -196,13 +197,23 @@ class LRFindConfig:
 
 
 @dataclass
+class ReportConfig:
+    enabled: bool = True
+    path: str | None = None
+    output: str | None = None
+    overlay_cases: int = 16
+    overlay_slices: int = 3
+    top_trials: int = 5
+
+
+@dataclass
 class MedsegConfig:
     mode: str = "train"
     seed: int = 42
     ckpt: str | None = None
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
-    print_config: bool = True
+    print_config: bool = False
     model: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = None
@@ -215,6 +226,7 @@ class MedsegConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register_configs() -> None:
@@ -222,3 +234,6 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="medseg_schema", node=MedsegConfig)
+    from medseg.config.resolvers import register_resolvers
+
+    register_resolvers()

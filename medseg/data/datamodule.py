@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -237,23 +239,95 @@ def make_loader(
     world_size: int = 1,
     rank: int = 0,
 ) -> DataLoader:
-    """A loader whose shuffling and worker seeds come from its own generator (re-seeded per epoch)."""
+    """A loader whose order and augmentation depend only on (seed, epoch, rank, item index).
+
+    The sampler shuffles with (seed, epoch) and hands each index to the dataset together with the
+    epoch; the item's random transforms are re-seeded from (seed, epoch, rank, index) right before
+    it is drawn. So every worker and every rank draws its own augmentation, and the stream is the
+    same whatever the number of workers, whichever worker gets the item, and whether the workers
+    persist across epochs (persistent workers keep their state, so seeding them once per worker or
+    per epoch could not make a resumed run exact). The trainer calls `loader.sampler.set_epoch`.
+    """
     from monai.data import list_data_collate
 
-    generator = torch.Generator().manual_seed(int(seed))
-    sampler = None
-    if world_size > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=int(seed))
-        shuffle = False
+    sampler = EpochSampler(dataset, shuffle, int(seed), world_size, rank)
     return DataLoader(
-        dataset,
+        SeededItems(dataset, int(seed), rank),
         batch_size=batch_size,
-        shuffle=shuffle,
         sampler=sampler,
-        generator=generator,
+        generator=torch.Generator().manual_seed(int(seed)),  # base seeds of the workers' global RNGs
+        worker_init_fn=functools.partial(seed_worker, rank=rank),
         collate_fn=list_data_collate,
         drop_last=False,
         **kwargs,
     )
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """DistributedSampler's order (one process is rank 0 of 1), each index tagged (epoch, index, repeat).
+
+    `repeat` marks the copies DistributedSampler adds so that every rank gets as many items: validation
+    counts them once.
+    """
+
+    def __init__(self, dataset: Any, shuffle: bool, seed: int, world_size: int, rank: int) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Any:
+        n, rank, step = len(self.base.dataset), self.base.rank, self.base.num_replicas
+        for position, index in enumerate(self.base):
+            yield self.epoch, int(index), rank + position * step >= n
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Item (epoch, index) with its random transforms seeded from (seed, epoch, rank, index); adds "index"."""
+
+    def __init__(self, dataset: Any, seed: int, rank: int) -> None:
+        self.dataset, self.seed, self.rank = dataset, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:  # case_index, items_per_index, transform, ... of the dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        epoch, index, repeat = key if isinstance(key, tuple) else (0, int(key), False)
+        transform = getattr(self.dataset, "transform", None)
+        state = np.random.SeedSequence([self.seed % 2**32, epoch, self.rank, index]).generate_state(1)[0]
+        if hasattr(transform, "set_random_state"):  # MONAI Compose: re-seeds each random transform in it
+            transform.set_random_state(seed=int(state))
+        if hasattr(self.dataset, "seed_item"):  # e.g. 3D patch centres
+            self.dataset.seed_item(int(state))
+        item = self.dataset[index]
+        tag = -1 if repeat else index
+        if isinstance(item, list):  # several patches per index
+            return [{**part, "index": tag} for part in item]
+        return {**item, "index": tag}
+
+
+def seed_worker(worker_id: int, rank: int = 0) -> None:
+    """Global RNGs of a worker from (its base seed, rank): PyTorch's default leaves ranks alike.
+
+    Item augmentation does not depend on these (SeededItems re-seeds it per item); they serve code
+    that draws from the global RNGs.
+    """
+    import random
+
+    base = torch.initial_seed()  # PyTorch set it to the loader's base seed + worker_id
+    state = np.random.SeedSequence([base % 2**32, rank, worker_id]).generate_state(2)
+    np.random.seed(int(state[0]))
+    random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))

@@ -213,6 +213,12 @@ class SliceDataset(Dataset):
     def case_index(self, i: int) -> int:
         return self.epoch_index()[i][0]
 
+    def spatial_shape(self, i: int) -> tuple[int, ...]:
+        """Spatial size of item i before the item transforms pad it."""
+        v, s = self.epoch_index()[i]
+        shape = tuple(self.volumes.spatial_shape(v))
+        return shape if s < 0 else shape[: self.axis] + shape[self.axis + 1 :]
+
     def __len__(self) -> int:
         return len(self.pos) + self.n_neg
 
@@ -246,7 +252,9 @@ class PatchDataset(Dataset):
     A patch centre is a stored foreground location with probability pos/(pos+1) (data.pos_neg_ratio:
     a class present in the case is picked uniformly, then one of its sampled voxels), otherwise any voxel.
     Volumes smaller than the patch are zero-padded symmetrically, as MONAI's SpatialPad + RandCropByPosNeg
-    did on whole volumes. Randomness comes from torch's generator, which the loader seeds per worker.
+    did on whole volumes. Centres come from the dataset's own generator: make_loader's SeededItems seeds it
+    per item from (seed, epoch, rank, index) through `seed_item`, so a resumed run with persistent workers
+    draws the same patches.
     """
 
     def __init__(
@@ -258,8 +266,13 @@ class PatchDataset(Dataset):
         pos = float(pos_neg_ratio)
         self.pos_prob = pos / (pos + 1.0) if pos >= 0 else 0.5
         self._locations: dict[int, dict[int, np.ndarray]] = {}
+        self._rng = torch.Generator().manual_seed(0)
         for v in range(len(volumes)):
             volumes.require(v)
+
+    def seed_item(self, seed: int) -> None:
+        """Seed the patch-centre draws of the next item."""
+        self._rng.manual_seed(int(seed))
 
     @property
     def case_ids(self) -> list[str]:
@@ -290,13 +303,14 @@ class PatchDataset(Dataset):
 
     def draw_centre(self, v: int) -> list[int]:
         shape = self.volumes.spatial_shape(v)
-        if float(torch.rand(())) < self.pos_prob:
+        g = self._rng
+        if float(torch.rand((), generator=g)) < self.pos_prob:
             locs = self.locations(v)
             if locs:
                 classes = sorted(locs)
-                pts = locs[classes[int(torch.randint(len(classes), ()))]]
-                return [int(x) for x in pts[int(torch.randint(len(pts), ()))]]
-        return [int(torch.randint(s, ())) for s in shape]
+                pts = locs[classes[int(torch.randint(len(classes), (), generator=g))]]
+                return [int(x) for x in pts[int(torch.randint(len(pts), (), generator=g))]]
+        return [int(torch.randint(s, (), generator=g)) for s in shape]
 
     def patch_at(self, v: int, centre: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The patch around `centre` (moved inside the volume, padded when the volume is smaller)."""
@@ -328,6 +342,10 @@ class VolumeDataset(Dataset):
 
     def case_index(self, i: int) -> int:
         return i
+
+    def spatial_shape(self, i: int) -> tuple[int, ...]:
+        """Spatial size of volume i before the item transforms pad it."""
+        return tuple(self.volumes.spatial_shape(i))
 
     def __len__(self) -> int:
         return len(self.volumes)

@@ -32,7 +32,11 @@ class Callback:
 
 
 class ModelCheckpoint(Callback):
-    """last.pt every epoch, best.pt when the monitored metric improves, epoch_{N}.pt every N epochs."""
+    """last.pt every epoch, best.pt when the monitored metric improves, epoch_{N}.pt every N epochs.
+
+    When the run ends with an earlier epoch's weights (early stopping with restore_best), last.pt is
+    written once more at the end, holding those weights (`weights_epoch` says which epoch's).
+    """
 
     def __init__(
         self,
@@ -58,6 +62,11 @@ class ModelCheckpoint(Callback):
             trainer.save(self.folder / f"epoch_{trainer.epoch}.pt", payload)
             self._prune()
 
+    def on_fit_end(self, trainer: Any) -> None:
+        if trainer.is_main_process and self.save_last and trainer.weights_epoch is not None:
+            payload = {**trainer.checkpoint_payload(), "weights_epoch": trainer.weights_epoch}
+            trainer.save(self.folder / "last.pt", payload)
+
     def _prune(self) -> None:
         numbered = sorted(
             (int(m.group(1)), p)
@@ -69,7 +78,12 @@ class ModelCheckpoint(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop after `patience` epochs without an improvement larger than min_delta; restore the best."""
+    """Stop after `patience` epochs without an improvement larger than min_delta; restore the best.
+
+    With restore_best, a stopped run ends with the weights of the best epoch (the trainer's best, the
+    one in best.pt): in the model and in last.pt, for whatever follows. A run that reaches
+    max_epochs without stopping keeps its last weights, so that it can be resumed for more epochs.
+    """
 
     def __init__(self, monitor: str, mode: str, patience: int, min_delta: float, restore_best: bool) -> None:
         self.monitor, self.mode = monitor, mode
@@ -77,6 +91,7 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.wait = 0
         self.best_weights: dict[str, Any] | None = None
+        self.best_weights_epoch: int | None = None
         self.stopped_epoch: int | None = None
 
     def _better(self, value: float) -> bool:
@@ -90,10 +105,11 @@ class EarlyStopping(Callback):
         value = record.get(self.monitor)
         if value is None or math.isnan(value):
             return
+        if self.restore_best and trainer.improved:  # the epoch best.pt holds
+            self.best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model_state().items()})
+            self.best_weights_epoch = trainer.epoch
         if self._better(value):
             self.best, self.wait = value, 0
-            if self.restore_best:
-                self.best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model_state().items()})
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -102,15 +118,30 @@ class EarlyStopping(Callback):
             log.info("early stopping: %s did not improve for %d epochs (best %.4f)", self.monitor, self.wait, self.best)
 
     def on_fit_end(self, trainer: Any) -> None:
-        if self.restore_best and self.stopped_epoch is not None and self.best_weights is not None:
+        stopped = self.stopped_epoch is not None and self.stopped_epoch == trainer.epoch
+        if not (self.restore_best and stopped and self.best_weights is not None):
+            return
+        if self.best_weights_epoch != trainer.epoch:
             trainer.load_model_state(self.best_weights)
-            log.info("early stopping: restored the weights with %s=%.4f", self.monitor, self.best)
+            trainer.weights_epoch = self.best_weights_epoch
+            log.info(
+                "early stopping: the model and last.pt now hold the weights of epoch %s (%s=%s)",
+                self.best_weights_epoch,
+                self.monitor,
+                trainer.best_score,
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "best_weights": self.best_weights}
+        return {
+            "best": self.best,
+            "wait": self.wait,
+            "best_weights": self.best_weights,
+            "best_weights_epoch": self.best_weights_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.wait, self.best_weights = state["best"], state["wait"], state.get("best_weights")
+        self.best_weights_epoch = state.get("best_weights_epoch")
 
 
 class HistoryWriter(Callback):

@@ -30,6 +30,11 @@ def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        if "Weights only load failed" in str(exc):  # the file names Python callables, not only tensors
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects other than tensors and plain data; medseg does not"
+                " load them (a medseg checkpoint never does; the file may be crafted)"
+            ) from None
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}); is the file complete?"
         ) from exc

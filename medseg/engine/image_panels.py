@@ -1,8 +1,11 @@
 """Every N epochs: the model on a fixed few validation items, drawn as panels for the trackers.
 
-One panel per item, left to right: the input, the ground truth in class colours, the prediction in
-class colours, and the two compared (truth only green, prediction only red, both yellow). Panels are
-sent to every tracker (Tracker.log_images) and saved as <run folder>/images/val_epoch_{N}.png.
+One row per item, left to right: the input, the ground truth in class colours, the prediction in
+class colours, and the two compared (truth only green, prediction only red, both yellow). Column titles
+above, a row label (item and case) on the left of each row, and a legend naming every class shown and
+the comparison colours below; small images are enlarged (nearest neighbour) to at least MIN_TILE px so
+thin structures stay visible. Each item's figure is sent to every tracker (Tracker.log_images); all
+items together are saved as <run folder>/images/val_epoch_{N}.png. The report reuses `labelled_figure`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ log = logging.getLogger(__name__)
 
 TRUTH_ONLY, PRED_ONLY, BOTH = (60, 180, 75), (230, 25, 75), (255, 225, 25)
 CANDIDATES = 64  # validation items looked at when choosing the ones with the most foreground
+COLUMN_TITLES = ("input", "truth", "prediction", "truth vs prediction")
+MIN_TILE = 256  # px: tiles are enlarged by a whole factor until their shorter side reaches this
+MAX_TILE = 320  # px: larger slices are shrunk to this (a figure row of 4 tiles fits a page; files stay small)
+FONT_SIZE = 16
 
 
 class ImagePanels(Callback):
@@ -44,17 +51,20 @@ class ImagePanels(Callback):
         dataset = trainer.val_loader.dataset
         if self.indices is None:
             self.indices = choose_items(dataset, self.count)
-        panels, captions = [], []
+        names = list(getattr(trainer, "class_names", None) or [])
+        rows, labels = [], []
         for i in self.indices:
-            image, truth, pred = self._predict(trainer, dataset[i])
-            panels.append(panel(image, truth, pred))
-            captions.append(f"val item {i}: input | truth | prediction | truth green, prediction red, both yellow")
-        if not panels:
+            rows.append(self._predict(trainer, dataset[i]))
+            labels.append(_item_label(dataset, i))
+        if not rows:
             return
+        heading = f"validation, epoch {trainer.epoch}"
+        panels = [labelled_figure([r], [lab], names, heading) for r, lab in zip(rows, labels)]
+        captions = [f"{lab}: input | truth | prediction | truth green, prediction red, both yellow" for lab in labels]
         for tracker in self.trackers:
             tracker.log_images("val/panels", panels, step=trainer.global_step, captions=captions)
         if self.folder is not None:
-            save_grid(self.folder / f"val_epoch_{trainer.epoch:03d}.png", panels)
+            save_png(self.folder / f"val_epoch_{trainer.epoch:03d}.png", labelled_figure(rows, labels, names, heading))
 
     def _predict(self, trainer: Any, item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image, truth, prediction) as 2D arrays in display order (height, width)."""
@@ -100,8 +110,71 @@ def panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     t, p = truth > 0, pred > 0
     compare[t & ~p], compare[p & ~t], compare[t & p] = TRUTH_ONLY, PRED_ONLY, BOTH
     tiles.append(_blend(grey, compare, t | p))
-    sep = np.full((grey.shape[0], 2, 3), 255, dtype=np.uint8)
+    sep = np.full((grey.shape[0], _GAP, 3), 255, dtype=np.uint8)
     return np.concatenate([x for tile in tiles for x in (tile, sep)][:-1], axis=1)
+
+
+def _item_label(dataset: Any, i: int) -> str:
+    """'item 12 · case_003' when the dataset knows its cases (validation datasets expose case_index/case_ids)."""
+    try:
+        return f"item {i} · {dataset.case_ids[dataset.case_index(i)]}"
+    except (AttributeError, IndexError, TypeError):
+        return f"item {i}"
+
+
+def labelled_figure(
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    row_labels: list[str],
+    class_names: list[str],
+    heading: str = "",
+) -> np.ndarray:
+    """(H, W, 3) uint8: a heading, column titles, one labelled panel row per (image, truth, prediction)
+    and a legend naming the classes present in any row (name from `class_names`, colour from the palette)."""
+    from PIL import Image, ImageDraw
+
+    from medseg.inference.image_io import PALETTE
+
+    font = _font()
+    tiles = [_enlarge(panel(*_shrink(*r))) for r in rows]
+    tile_w = max(t.shape[1] for t in tiles)
+    col_w = (tile_w - 3 * _GAP) // 4 + _GAP
+    line = FONT_SIZE + 8
+    present = sorted({int(c) for r in rows for a in (r[1], r[2]) for c in np.unique(a) if c > 0})
+    legend: list[tuple[str, Any]] = [("classes:", None)]
+    legend += [(_name(class_names, c), tuple(int(v) for v in PALETTE[c % len(PALETTE)])) for c in present]
+    legend += [("| last column:", None), ("truth only", TRUTH_ONLY), ("prediction only", PRED_ONLY), ("both", BOTH)]
+    legend_lines = _wrap_legend(legend, tile_w, font)
+    height = line * 2 + sum(t.shape[0] + line for t in tiles) + line * len(legend_lines) + 6
+    canvas = Image.new("RGB", (tile_w + 8, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), heading, fill=(0, 0, 0), font=font)
+    for k, title in enumerate(COLUMN_TITLES):
+        draw.text((4 + k * col_w, 4 + line), title, fill=(40, 40, 40), font=font)
+    y = 2 * line
+    for tile, label in zip(tiles, row_labels):
+        draw.text((4, y), label, fill=(80, 80, 80), font=font)
+        canvas.paste(Image.fromarray(tile), (4, y + line))
+        y += tile.shape[0] + line
+    for entries in legend_lines:
+        x = 4
+        for name, rgb in entries:
+            if rgb is None:  # a group title
+                draw.text((x, y + 4), name, fill=(90, 90, 90), font=font)
+                x += 8 + int(draw.textlength(name, font=font))
+                continue
+            draw.rectangle((x, y + 4, x + FONT_SIZE, y + 4 + FONT_SIZE), fill=rgb, outline=(0, 0, 0))
+            draw.text((x + FONT_SIZE + 4, y + 4), name, fill=(0, 0, 0), font=font)
+            x += FONT_SIZE + 16 + int(draw.textlength(name, font=font))
+        y += line
+    return np.asarray(canvas)
+
+
+def save_png(path: Path, image: np.ndarray) -> Path:
+    from PIL import Image
+
+    from medseg.io_utils import atomic_write
+
+    return atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def save_grid(path: Path, panels: list[np.ndarray]) -> Path:
@@ -117,6 +190,63 @@ def save_grid(path: Path, panels: list[np.ndarray]) -> Path:
         rows += [np.concatenate([p, pad], axis=1), np.full((2, width, 3), 255, dtype=np.uint8)]
     grid = np.concatenate(rows[:-1], axis=0)
     return atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+
+_GAP = 2  # px between tiles
+
+
+def _enlarge(tile_row: np.ndarray) -> np.ndarray:
+    """A panel row enlarged by a whole factor (nearest neighbour) so each tile is at least MIN_TILE px."""
+    height = tile_row.shape[0]
+    factor = max(1, -(-MIN_TILE // max(height, 1)))
+    if factor == 1:
+        return tile_row
+    tile_w = (tile_row.shape[1] - 3 * _GAP) // 4
+    tiles = [tile_row[:, k * (tile_w + _GAP) : k * (tile_w + _GAP) + tile_w] for k in range(4)]
+    big = [t.repeat(factor, axis=0).repeat(factor, axis=1) for t in tiles]
+    sep = np.full((height * factor, _GAP, 3), 255, dtype=np.uint8)
+    return np.concatenate([x for t in big for x in (t, sep)][:-1], axis=1)
+
+
+def _shrink(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Slices larger than MAX_TILE resized to fit it: the image smoothly, the labels nearest-neighbour."""
+    h, w = image.shape
+    if max(h, w) <= MAX_TILE:
+        return image, truth, pred
+    from PIL import Image
+
+    size = (max(1, round(w * MAX_TILE / max(h, w))), max(1, round(h * MAX_TILE / max(h, w))))
+    small = np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    labels = [
+        np.asarray(Image.fromarray(a.astype(np.int32), mode="I").resize(size, Image.NEAREST)) for a in (truth, pred)
+    ]
+    return small, labels[0], labels[1]
+
+
+def _font() -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _name(class_names: list[str], c: int) -> str:
+    return class_names[c] if c < len(class_names) else f"class {c}"
+
+
+def _wrap_legend(entries: list[tuple[str, Any]], width: int, font: Any) -> list[list[tuple[str, Any]]]:
+    lines: list[list[tuple[str, Any]]] = [[]]
+    x = 0
+    for name, rgb in entries:
+        w = FONT_SIZE + 16 + int(font.getlength(name))
+        if lines[-1] and x + w > width:
+            lines.append([])
+            x = 0
+        lines[-1].append((name, rgb))
+        x += w
+    return lines
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

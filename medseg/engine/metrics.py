@@ -1,9 +1,13 @@
-"""Epoch-level segmentation metrics from an on-device confusion count (no host sync per batch).
+"""Epoch-level segmentation metrics from on-device confusion counts (no host sync per batch).
 
-Dice and IoU per class come from true-positive / predicted / actual voxel counts summed over the
-epoch (the "global" or pseudo Dice nnU-Net reports). A class absent from both truth and prediction
-has no defined score: it is NaN, reported as null, and left out of the means. The foreground mean
-excludes class 0 (background) unless there is only one class.
+`ConfusionCounter` sums true-positive / predicted / actual voxel counts over the whole epoch: the
+pooled ("global" or pseudo) Dice nnU-Net reports during training (`train/dice`, `val/dice_pooled`).
+`CaseConfusion` keeps the counts per validation case, so Dice is what mode=evaluate reports (the
+convention of nnU-Net and MONAI evaluation): per case and class 2TP / (2TP + FP + FN) over the whole
+case, the case's Dice the mean over its classes, `val/dice` the mean over cases.
+A class absent from both truth and prediction has no defined score: it is NaN, reported as null,
+and left out of the means (0 when predicted but absent from the truth). Foreground means exclude
+class 0 (background) unless there is only one class.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -39,6 +44,48 @@ class ConfusionCounter:
             dice.append(2 * t / (p + g) if p + g > 0 else math.nan)
             iou.append(t / union if union > 0 else math.nan)
         return {"dice": dice, "iou": iou}
+
+
+class CaseConfusion:
+    """Voxel counts per (case, class): tp, predicted, true, shape (cases, 3, classes), on the device."""
+
+    def __init__(self, num_cases: int, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.num_cases, self.num_classes = num_cases, num_classes
+        self.counts = torch.zeros(num_cases, 3, num_classes, dtype=torch.float64, device=device)
+
+    def update(self, pred: torch.Tensor, true: torch.Tensor, case: int) -> None:
+        """Add one item: predicted and true class indices of the same shape, from case `case`."""
+        pred, true = pred.reshape(-1), true.reshape(-1).to(pred.device, torch.long).clamp(0, self.num_classes - 1)
+        c = self.num_classes
+        self.counts[case, 0] += torch.bincount(true[pred == true], minlength=c)[:c]
+        self.counts[case, 1] += torch.bincount(pred, minlength=c)[:c]
+        self.counts[case, 2] += torch.bincount(true, minlength=c)[:c]
+
+    def pooled(self) -> ConfusionCounter:
+        """All cases summed: the pooled counts."""
+        counter = ConfusionCounter(self.num_classes, self.counts.device)
+        counter.merge_(self.counts.sum(dim=0))
+        return counter
+
+    def scores(self) -> dict[str, Any]:
+        """Per-case Dice/IoU rows, their per-class means over cases and the mean over cases."""
+        tp, pred, true = (t.numpy() for t in self.counts.cpu().unbind(dim=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice = np.where(pred + true > 0, 2 * tp / (pred + true), np.nan)
+            union = pred + true - tp
+            iou = np.where(union > 0, tp / union, np.nan)
+        out: dict[str, Any] = {}
+        for name, table in (("dice", dice), ("iou", iou)):
+            per_case = [foreground_mean(row.tolist()) for row in table]
+            out[f"{name}_per_case"] = per_case
+            out[f"{name}_per_class"] = [_nanmean(table[:, k].tolist()) for k in range(self.num_classes)]
+            out[name] = _nanmean(per_case)  # cases without any scored class are left out
+        return out
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def foreground_mean(values: list[float]) -> float:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from medseg.engine.precision import Precision
+from medseg.precision import Precision
 
 
 def plain_train_step(

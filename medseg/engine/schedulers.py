@@ -2,9 +2,14 @@
 
 `scheduler.interval` says when the torch scheduler steps: `step` (after every optimizer step, e.g.
 one-cycle) or `epoch` (after validation; ReduceLROnPlateau gets the monitored metric). Warm-up is
-counted in optimizer steps and holds the torch scheduler until it ends.
-Keys `T_max`, `total_steps` and `total_iters` left null are filled with the run length in the
-scheduler's own unit.
+counted in optimizer steps and holds the torch scheduler until it ends; an epoch-interval scheduler
+starts after the last epoch that had warm-up steps.
+Keys `T_max`, `total_steps` and `total_iters` left null are filled with the run length after warm-up
+in the scheduler's own unit, so cosine reaches eta_min at the last step.
+Warm-up rises linearly to the learning rate the scheduler starts from (for one-cycle its
+max_lr / div_factor), so there is no jump when the scheduler takes over.
+Steps the fp16 GradScaler skips are not counted: the trainer calls after_optimizer_step only for
+steps taken.
 """
 
 from __future__ import annotations
@@ -27,14 +32,20 @@ class LRSchedule:
             raise ConfigError(f"scheduler.interval={self.interval!r} must be 'epoch' or 'step'")
         warmup_epochs = float(sched_cfg.get("warmup_epochs", 0) or 0) if sched_cfg else 0.0
         self.warmup_steps = int(math.ceil(warmup_epochs * steps_per_epoch))
+        # epochs that contain warm-up steps: an epoch-interval scheduler starts after them
+        self.warmup_whole_epochs = math.ceil(self.warmup_steps / max(1, steps_per_epoch))
         self.warmup_start = float(sched_cfg.get("warmup_start_factor", 0.01)) if sched_cfg else 1.0
-        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.steps_done = 0
+        self.epochs_done = 0
         self.scheduler = None
         if sched_cfg and sched_cfg.get("params"):
-            length = steps_per_epoch * max_epochs if self.interval == "step" else max_epochs
-            self.scheduler = _build(sched_cfg.params, optimizer, length)
+            if self.interval == "step":
+                length = steps_per_epoch * max_epochs - self.warmup_steps
+            else:
+                length = max_epochs - self.warmup_whole_epochs
+            self.scheduler = _build(sched_cfg.params, optimizer, max(1, length))
         self.is_plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]  # where the scheduler starts: warm-up's target
         if self.warmup_steps > 0:
             self._set_warmup_lr(0)
 
@@ -57,7 +68,8 @@ class LRSchedule:
             self.scheduler.step()
 
     def after_epoch(self, metric: float | None) -> None:
-        if self.scheduler is None or self.interval != "epoch" or self.in_warmup:
+        self.epochs_done += 1
+        if self.scheduler is None or self.interval != "epoch" or self.epochs_done <= self.warmup_whole_epochs:
             return
         if self.is_plateau:
             if metric is not None and not math.isnan(metric):
@@ -69,10 +81,15 @@ class LRSchedule:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps_done": self.steps_done, "scheduler": self.scheduler.state_dict() if self.scheduler else None}
+        return {
+            "steps_done": self.steps_done,
+            "epochs_done": self.epochs_done,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps_done = int(state["steps_done"])
+        self.epochs_done = int(state.get("epochs_done", 0))
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
 

@@ -2,15 +2,15 @@
 
     fit()
       for each epoch:
-        train_epoch()     micro-batches -> forward (autocast) -> loss x weight -> backward
-                          every `accumulate` micro-batches: _optimizer_step() (unscale, measure and
+        train_epoch()     loaded batches -> micro-batches -> forward (autocast) -> loss x weight -> backward
+                          every `accumulate` batches: _optimizer_step() (unscale, measure and
                           clip the gradient norm, skip non-finite steps, step, schedule)
-        validate()        forward (or sliding window for 3D) -> loss and confusion counts
+        validate()        forward (or sliding window for 3D) -> loss and per-case confusion counts
         epoch record      -> history, callbacks (checkpoints, early stopping, trackers, plots)
 
 Features attach through callbacks (medseg/engine/callbacks.py); the loop itself only knows about
 precision, accumulation, clipping, the LR schedule and recovery from non-finite losses and
-out-of-memory errors.
+out-of-memory errors (the remedies live in medseg/engine/oom.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from torch import nn
 
 from medseg.engine.callbacks import Callback
 from medseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
-from medseg.engine.metrics import ConfusionCounter, foreground_mean, nan_to_none, ranked_classes
-from medseg.engine.precision import Precision
+from medseg.engine.metrics import CaseConfusion, ConfusionCounter, foreground_mean, nan_to_none, ranked_classes
+from medseg.engine.oom import OomRecovery
 from medseg.engine.schedulers import LRSchedule
 from medseg.errors import TrainingError
+from medseg.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ class Trainer:
         seed: int = 0,
         callbacks: Iterable[Callback] = (),
         inferer: Callable[[torch.Tensor, nn.Module], torch.Tensor] | None = None,
-        loader_factory: Callable[[int], Any] | None = None,
         channels_last: bool = False,
         progress_bar: bool = True,
         extra_state: dict[str, Any] | None = None,
@@ -81,11 +81,10 @@ class Trainer:
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.val_every_n_epochs, self.log_every_n_steps = max(1, val_every_n_epochs), max(1, log_every_n_steps)
         self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
-        self.max_nonfinite_steps, self.oom_recovery = max_nonfinite_steps, oom_recovery
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.seed = int(seed)
         self.callbacks = list(callbacks)
         self.inferer = inferer or (lambda x, m: m(x))
-        self.loader_factory = loader_factory
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.progress_bar = progress_bar and sys.stderr.isatty()
         self.extra_state = extra_state or {}
@@ -100,10 +99,11 @@ class Trainer:
         self.should_stop = False
         self.history: list[dict[str, Any]] = []
         self.nonfinite_in_a_row = 0
-        self.micro_batch_size = int(getattr(train_loader, "batch_size", 0) or 0)
+        self._group_loss = torch.zeros((), device=device)  # loss x weight of the current accumulation group
+        self.oom = OomRecovery(oom_recovery, int(getattr(train_loader, "batch_size", 0) or 0))
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._pending_micro_batch = 0  # set after an out-of-memory step, applied at the next epoch
         self.last_saved: Path | None = None
+        self.weights_epoch: int | None = None  # set when the model ends with an earlier epoch's weights
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> float | None:
@@ -124,12 +124,12 @@ class Trainer:
             self._call("on_fit_end")
         return self.best_score
 
+    @property
+    def micro_batch_size(self) -> int:
+        return self.oom.micro_batch_size
+
     def train_epoch(self) -> dict[str, Any]:
         self.model.train()
-        if self._pending_micro_batch and self.loader_factory is not None:  # after an out-of-memory step
-            self.accumulate *= max(1, self.micro_batch_size // self._pending_micro_batch)
-            self.micro_batch_size, self._pending_micro_batch = self._pending_micro_batch, 0
-            self.train_loader = self.loader_factory(self.micro_batch_size)
         self._seed_epoch(self.epoch)
         n_batches = _limited_len(self.train_loader, self.limit_train_batches)
         group_sizes = self._planned_group_sizes(n_batches)
@@ -141,15 +141,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._group_loss = torch.zeros((), device=self.device)
 
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []  # this group's batches, kept for out-of-memory recovery
         bar = self._progress(self.train_loader, n_batches, f"epoch {self.epoch + 1}")
         for i, batch in enumerate(bar):
             if i >= n_batches:
                 break
-            images, labels = self._to_device(batch)
-            weight = images.shape[0] / group_sizes[i // self.accumulate]
+            images, labels = batch["image"], batch["label"]  # on the host: cut into micro-batches first
             step_now = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
             with self._no_sync(not step_now):  # DDP: average gradients across ranks once per step
-                loss = self._forward_backward(images, labels, weight, counter)
+                loss = self._train_batch(images, labels, group_sizes[i // self.accumulate], counter, group)
+            group = [] if step_now or not self.oom.enabled else [*group, (images, labels)]
             loss_sum += loss * images.shape[0]
             samples += images.shape[0]
             if step_now:
@@ -180,10 +181,17 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
+        """Loss and Dice over the validation cases, scored as mode=evaluate scores them.
+
+        Counts are kept per (case, class): a 2D case sums the counts of all its slices, which is the
+        same as scoring the assembled volume. Padding added by the item transforms is cropped off.
+        """
         self.model.eval()
-        counter = ConfusionCounter(self.num_classes, self.device)
+        dataset = self.val_loader.dataset
+        case_ids = list(getattr(dataset, "case_ids", None) or range(len(dataset)))
+        counts = CaseConfusion(len(case_ids), self.num_classes, self.device)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        samples = 0
+        samples, position = 0, 0
         n_batches = _limited_len(self.val_loader, self.limit_val_batches)
         for i, batch in enumerate(self.val_loader):
             if i >= n_batches:
@@ -193,80 +201,105 @@ class Trainer:
                 logits = self.inferer(images, self.model)
                 loss = self.loss_fn(logits, labels)
             loss_sum += loss.detach().double() * images.shape[0]
-            counter.update(logits.detach(), labels)
             samples += images.shape[0]
+            indices = batch["index"].tolist() if "index" in batch else range(position, position + images.shape[0])
+            position += images.shape[0]
+            pred = logits.detach().argmax(dim=1)
+            for j, index in enumerate(indices):
+                if index < 0:  # a repeat DistributedSampler adds to even out the ranks: counted once elsewhere
+                    continue
+                crop = unpadded(pred.shape[1:], _spatial_shape(dataset, index))
+                case = dataset.case_index(index) if hasattr(dataset, "case_index") else index
+                counts.update(pred[j][crop], labels[j].reshape(pred.shape[1:])[crop], case)
         if self.distributed is not None:
             loss_sum, samples = self.distributed.sum_loss(loss_sum, samples)
-            self.distributed.sum_(counter.counts)
-        scores = counter.scores()
+            self.distributed.sum_(counts.counts)
+        scores = counts.scores()
+        pooled = counts.pooled().scores()
         return {
             "loss": float(loss_sum) / max(1, samples),
-            "dice": foreground_mean(scores["dice"]),
-            "iou": foreground_mean(scores["iou"]),
-            "dice_per_class": scores["dice"],
-            "iou_per_class": scores["iou"],
+            "dice": scores["dice"],
+            "iou": scores["iou"],
+            "dice_per_class": scores["dice_per_class"],
+            "iou_per_class": scores["iou_per_class"],
+            "dice_pooled": foreground_mean(pooled["dice"]),
+            "iou_pooled": foreground_mean(pooled["iou"]),
+            "dice_pooled_per_class": pooled["dice"],
+            "cases": sum(1 for d in scores["dice_per_case"] if not math.isnan(d)),
         }
 
     # ------------------------------------------------------------------ one step
-    def _forward_backward(
-        self, images: torch.Tensor, labels: torch.Tensor, weight: float, counter: ConfusionCounter
+    def _train_batch(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        group_size: int,
+        counter: ConfusionCounter,
+        earlier: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
-        """Forward and backward one micro-batch; on out-of-memory, recover and retry in halves."""
-        try:
-            with self.precision.autocast(self.device):
-                logits = self.model(images)
-                loss = self.loss_fn(logits, labels)
-            self.scaler.scale(loss * weight).backward()
-        except torch.OutOfMemoryError:
-            return self._recover_from_oom(images, labels, weight, counter)
+        """Forward and backward one loaded batch, `oom.micro_batch_size` samples at a time.
+
+        After an out-of-memory error the remedy is applied outside the `except` block (the failed
+        attempt is released by then) and the batch continues at once with the smaller micro-batch.
+        When the error struck in backward, the group's gradient is rebuilt from `earlier` batches.
+        """
+        n, done, loss_sum = images.shape[0], 0, torch.zeros((), device=self.device)
+        replay: list[tuple[torch.Tensor, torch.Tensor]] = []  # samples whose gradient must be recomputed
+        while done < n:
+            source = replay[0] if replay else (images[done:], labels[done:])
+            size = self.oom.split(source[0].shape[0])
+            part = (source[0][:size], source[1][:size])
+            try:
+                loss = self._forward_backward(*part, size / group_size, None if replay else counter)
+            except torch.OutOfMemoryError:
+                loss = None
+            if loss is None:  # out of memory: pick a remedy now that the failed attempt is gone
+                if self.oom.recover(self._unwrapped(), size):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._group_loss = torch.zeros((), device=self.device)
+                    replay = [*earlier, (images[:done], labels[:done])]
+                    replay = [r for r in replay if r[0].shape[0] > 0]
+                continue
+            if replay:  # recomputed samples: gradient only, their loss and metrics were counted already
+                rest = (replay[0][0][size:], replay[0][1][size:])
+                replay = ([rest] if rest[0].shape[0] else []) + replay[1:]
+                continue
+            loss_sum += loss * size
+            done += size
+        return loss_sum / n
+
+    def _forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor, weight: float, counter: ConfusionCounter | None
+    ) -> torch.Tensor:
+        """Forward and backward one micro-batch (host tensors); the gradient is scaled by its share `weight`."""
+        images, labels = self._to_device({"image": images, "label": labels})
+        with self.precision.autocast(self.device):
+            logits = self.model(images)
+            loss = self.loss_fn(logits, labels)
+        self.oom.in_backward = True
+        self.scaler.scale(loss * weight).backward()
+        self.oom.in_backward = False
         loss = loss.detach().float()
         self._group_loss += loss * weight
-        if isinstance(logits, (list, tuple)):  # deep supervision: metrics on the full-resolution output
-            logits = logits[0]
-        counter.update(logits.detach(), labels)
-        self._last_batch = (logits.detach(), labels)  # a reference only: read at logging intervals
+        if counter is not None:
+            if isinstance(logits, (list, tuple)):  # deep supervision: metrics on the full-resolution output
+                logits = logits[0]
+            counter.update(logits.detach(), labels)
+            self._last_batch = (logits.detach(), labels)  # a reference only: read at logging intervals
         return loss
-
-    def _recover_from_oom(
-        self, images: torch.Tensor, labels: torch.Tensor, weight: float, counter: ConfusionCounter
-    ) -> torch.Tensor:
-        if not self.oom_recovery:
-            raise TrainingError("out of memory in a training step; lower data.batch_size or data.scale")
-        self._free_memory()
-        if not getattr(self.model, "grad_checkpointing", True) and hasattr(self.model, "set_grad_checkpointing"):
-            self.model.set_grad_checkpointing(True)
-            log.warning("out of memory: switched on gradient checkpointing; retrying the micro-batch")
-            return self._forward_backward(images, labels, weight, counter)
-        n = images.shape[0]
-        if n < 2:
-            raise TrainingError("out of memory with a micro-batch of 1; lower data.scale or choose a smaller model")
-        half = n // 2
-        current = self._pending_micro_batch or self.micro_batch_size
-        if self.loader_factory is not None and current > half:
-            self._pending_micro_batch = max(1, current // 2)
-            log.warning(
-                "out of memory: micro-batch %d -> %d and accumulation x%d (same effective batch) from the next"
-                " epoch; this batch goes through in halves",
-                current,
-                self._pending_micro_batch,
-                self.micro_batch_size // self._pending_micro_batch,
-            )
-        first = self._forward_backward(images[:half], labels[:half], weight * half / n, counter)
-        second = self._forward_backward(images[half:], labels[half:], weight * (n - half) / n, counter)
-        return (first * half + second * (n - half)) / n
 
     def _optimizer_step(self) -> torch.Tensor | None:
         """Unscale, measure (and clip) the gradient norm, skip non-finite steps, step, schedule."""
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.clip_val is not None and self.clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, self.clip_val)
         if not params:
             grad_norm = torch.zeros((), device=self.device)
         elif self.clip_val is not None and self.clip_algorithm == "norm":
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_val)
         else:  # measure only (clip_grad_norm_ would also rescale every gradient by 1)
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.clip_val is not None and self.clip_algorithm == "value":  # after measuring: an overflow stays visible
+            torch.nn.utils.clip_grad_value_(params, self.clip_val)
         # One host sync per optimizer step: the only way to skip a non-finite update before it lands.
         flags = torch.isfinite(torch.stack([self._group_loss, grad_norm.float()])).float()
         if self.distributed is not None:  # every rank skips or steps together
@@ -279,12 +312,15 @@ class Trainer:
             self._nonfinite_step()
             return None
         self.nonfinite_in_a_row = 0
-        self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips overflowing steps
+        self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips overflowing steps ...
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if not finite_grad:  # ... and lowers its scale: no step was taken, so the schedule waits
+            log.info("fp16 gradient overflow: step skipped, loss scale now %g", self.scaler.get_scale())
+            return None
         self.global_step += 1
         self.schedule.after_optimizer_step()
-        return grad_norm.detach().double() if finite_grad else None
+        return grad_norm.detach().double()
 
     def _nonfinite_step(self) -> None:
         self.nonfinite_in_a_row += 1
@@ -322,11 +358,20 @@ class Trainer:
             record["gpu/max_mem_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / gib
         if val:
             record.update(
-                {"val/loss": val["loss"], "val/dice": nan_to_none(val["dice"]), "val/iou": nan_to_none(val["iou"])}
+                {
+                    "val/loss": val["loss"],
+                    "val/dice": nan_to_none(val["dice"]),  # mean over cases of per-case Dice, as mode=evaluate
+                    "val/iou": nan_to_none(val["iou"]),
+                    "val/dice_pooled": nan_to_none(val["dice_pooled"]),  # counts pooled over all voxels
+                    "val/iou_pooled": nan_to_none(val["iou_pooled"]),
+                    "val/cases": val["cases"],
+                }
             )
-            for name, d, j in zip(self.class_names, val["dice_per_class"], val["iou_per_class"]):
+            per_class = zip(self.class_names, val["dice_per_class"], val["iou_per_class"], val["dice_pooled_per_class"])
+            for name, d, j, pooled in per_class:
                 record[f"val/dice/{name}"] = nan_to_none(d)
                 record[f"val/iou/{name}"] = nan_to_none(j)
+                record[f"val/dice_pooled/{name}"] = nan_to_none(pooled)
             record["gap/loss"] = val["loss"] - train["loss"]
             if record["train/dice"] is not None and record["val/dice"] is not None:
                 record["gap/dice"] = record["train/dice"] - record["val/dice"]
@@ -364,7 +409,9 @@ class Trainer:
             r["train/samples_per_s"],
             r["time/epoch_s"],
         )
-        if r.get("val/bottom5"):
+        # printed only when no class is in both lists: with fewer than 10 foreground classes they repeat
+        top, bottom = r.get("val/top5") or [], r.get("val/bottom5") or []
+        if bottom and not {n for n, _ in top} & {n for n, _ in bottom}:
             log.info("  top classes: %s | bottom: %s", _pairs(r["val/top5"]), _pairs(r["val/bottom5"]))
 
     def _log_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
@@ -425,10 +472,8 @@ class Trainer:
         self.best_score, self.best_epoch = ckpt.get("best_score"), ckpt.get("best_epoch")
         self.history = list(ckpt.get("history", []))
         saved_micro = int(ckpt.get("micro_batch_size") or 0)
-        if saved_micro and saved_micro < self.micro_batch_size and self.loader_factory is not None:
-            self._pending_micro_batch = saved_micro  # an earlier out-of-memory recovery carries over
-        else:
-            self.accumulate = int(ckpt.get("accumulate", self.accumulate))
+        if 0 < saved_micro < self.oom.micro_batch_size:  # an earlier out-of-memory recovery carries over
+            self.oom.micro_batch_size = saved_micro
         states = ckpt.get("callbacks", {})
         for cb in self.callbacks:
             if type(cb).__name__ in states:
@@ -438,18 +483,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _seed_epoch(self, epoch: int) -> None:
-        """Data order and augmentation depend only on (seed, epoch), so a resumed run sees the same."""
+        """Data order and augmentation depend only on (seed, epoch), so a resumed run sees the same.
+
+        The sampler of medseg.data.datamodule.make_loader shuffles by (seed, epoch) and hands the epoch
+        to each item, whose augmentation is drawn from (seed, epoch, rank, index) in whichever worker.
+        """
         loader = self.train_loader
-        seed = self.seed * 100_003 + epoch
-        if getattr(loader, "generator", None) is not None:
-            loader.generator.manual_seed(seed)
+        if getattr(loader, "generator", None) is not None:  # worker base seeds of a non-persistent loader
+            loader.generator.manual_seed(self.seed * 100_003 + epoch)
         if hasattr(getattr(loader, "sampler", None), "set_epoch"):
             loader.sampler.set_epoch(epoch)
         if hasattr(loader.dataset, "set_epoch"):  # e.g. background slices drawn anew each epoch
             loader.dataset.set_epoch(epoch)
-        transform = getattr(loader.dataset, "transform", None)
-        if hasattr(transform, "set_random_state"):
-            transform.set_random_state(seed=seed % (2**32))
 
     def _planned_group_sizes(self, n_batches: int) -> list[int]:
         """Samples in each accumulation group, so a last partial group is scaled by its true size."""
@@ -470,11 +515,6 @@ class Trainer:
             return self.model.no_sync()
         return contextlib.nullcontext()
 
-    def _free_memory(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
     def _progress(self, loader: Any, total: int, desc: str) -> Any:
         if not self.progress_bar or not self.is_main_process:
             return loader
@@ -485,6 +525,18 @@ class Trainer:
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
+
+
+def unpadded(padded: torch.Size | tuple[int, ...], original: tuple[int, ...] | None) -> tuple[slice, ...]:
+    """The region of an item padded symmetrically (MONAI DivisiblePadd's default) that holds the original."""
+    if original is None or len(original) != len(padded):
+        return tuple(slice(None) for _ in padded)
+    return tuple(slice((p - o) // 2, (p - o) // 2 + o) for p, o in zip(padded, original))
+
+
+def _spatial_shape(dataset: Any, index: int) -> tuple[int, ...] | None:
+    shape = getattr(dataset, "spatial_shape", None)
+    return tuple(shape(index)) if shape is not None else None
 
 
 def _limited_len(loader: Any, limit: int | None) -> int:

@@ -1,21 +1,45 @@
-"""Whole-image inference: class probabilities for one volume or image, in the model's input space.
+"""Streaming whole-volume inference: an image in the model's input space in, class indices on the
+label's (or the original image's) grid out.
 
-2D models on 3D volumes run slice by slice along data.slice_axis and are stacked back; 3D models
-use sliding-window inference with Gaussian blending (or one pass when no patch size is set).
-Inputs are padded to data.pad_divisible and cropped back. Optional flip test-time augmentation
-averages the probabilities over flips of each spatial axis.
+The volume is processed along the slice axis (data.slice_axis) and never held as a float volume per
+class:
+- 2D models run on batches of slices (with data.context_slices=k each slice brings its 2k+1
+  neighbours as channels, edges replicated, as in training); a native 2D image is one slice;
+- 3D models run MONAI's Gaussian sliding window slab by slab along the slice axis, each slab with
+  exactly the windows a whole-volume pass would use for its voxels (see `slabs.py`); a 3D model
+  without data.patch_size sees the whole volume in one pass, so its (K, *volume) output is the
+  memory limit there, as in training's validation.
+Each chunk of slice probabilities is resized in-plane to the target grid, blended along the slice
+axis when its length differs (see `resample.py`), turned into class indices slice by slice, and
+dropped. Inputs are padded to data.pad_divisible the way validation pads them (MONAI DivisiblePad:
+symmetric, zeros) and cropped back, so evaluate sees what validation sees. Optional flip test-time
+augmentation averages the probabilities over flips of each spatial axis (for 3D, of each slab).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.engine.precision import Precision
+from medseg.inference.resample import AlongAxis, resize_in_plane
+from medseg.inference.slabs import plan_slabs, windows_within
+from medseg.precision import Precision
+
+SLAB_BYTES = 512 * 2**20  # float output of one 3D slab; larger slabs re-run fewer border windows
+
+
+def context_slices(data_cfg: Any) -> int:
+    """data.context_slices of a (possibly older) run config; 0 when the key is absent."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(data_cfg, DictConfig):
+        return int(OmegaConf.select(data_cfg, "context_slices", default=0) or 0)
+    return int(data_cfg.get("context_slices", 0) or 0)
 
 
 class VolumePredictor:
@@ -28,32 +52,81 @@ class VolumePredictor:
         tta: bool = False,
         overlap: float = 0.25,
         batch_size: int = 4,
+        num_classes: int | None = None,
+        slab_bytes: int = SLAB_BYTES,
     ) -> None:
         self.model, self.device, self.precision = model.eval(), device, precision
         self.dims, self.axis = int(data_cfg.dims), int(data_cfg.slice_axis)
         self.patch = list(data_cfg.patch_size) if data_cfg.patch_size else None
         self.k = int(data_cfg.pad_divisible)
+        self.context = context_slices(data_cfg)
         self.tta, self.overlap, self.batch_size = tta, overlap, max(1, batch_size)
+        self.num_classes, self.slab_bytes = num_classes, slab_bytes
 
     @torch.no_grad()
-    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """image (C, *spatial) -> softmax probabilities (K, *spatial), float32 on the CPU."""
-        spatial = image.ndim - 1
-        if self.dims == 3:
-            return self._forward_batched(image[None])[0]
-        if spatial == 2:
-            return self._forward_batched(image[None])[0]
-        slices = image.movedim(self.axis + 1, 0)  # (S, C, a, b)
-        outs = [
-            self._forward_batched(slices[i : i + self.batch_size]) for i in range(0, slices.shape[0], self.batch_size)
-        ]
-        return torch.cat(outs, 0).movedim(0, self.axis + 1)  # (K, ...) with the slice axis restored
+    def labels(self, image: torch.Tensor, shape: tuple[int, ...], threshold: float | None = None) -> torch.Tensor:
+        """image (C, *spatial) -> class indices (int16, CPU) of `shape`, the grid to predict on.
 
-    def _forward_batched(self, x: torch.Tensor) -> torch.Tensor:
+        `threshold` applies to two-class models (see `to_labels`); None = argmax.
+        """
+        native_2d = image.ndim == 3
+        if native_2d:  # one slice along a new last axis
+            image, shape, axis = image[..., None], (*shape, 1), 2
+        else:
+            axis = self.axis
+        target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
+        out = torch.zeros(target, dtype=torch.int16)
+        along = AlongAxis(image.shape[axis + 1], target[0])
+        for chunk in self._chunks(image, axis):  # (K, n, a, b) in the model's space
+            for t, probs in along.feed(resize_in_plane(chunk, target[1:])):
+                out[t] = to_labels(probs, threshold).to(torch.int16)
+        assert along.done(), "every target slice is written"
+        out = out.movedim(0, axis).contiguous()
+        return out[..., 0] if native_2d else out
+
+    def _chunks(self, image: torch.Tensor, axis: int) -> Iterator[torch.Tensor]:
+        """Probabilities (K, n, a, b) for consecutive slices along `axis`, cropped of padding."""
+        if self.dims == 3 and image.ndim == 4:
+            yield from self._slabs_3d(image, axis)
+            return
+        vol = image.movedim(axis + 1, 1)  # (C, S, a, b)
+        count = vol.shape[1]
+        for i in range(0, count, self.batch_size):
+            x = slab_inputs(vol, range(i, min(count, i + self.batch_size)), self.context)
+            yield self._probabilities(x, self.model).movedim(0, 1)
+
+    def _slabs_3d(self, image: torch.Tensor, axis: int) -> Iterator[torch.Tensor]:
+        size = image.shape[1:]
+        padded, before = divisible_pad(image[None].to(self.device).float(), self.k)
+        if not self.patch:
+            yield self._crop(self._probabilities(padded, self.model, pad=False), before, size)[0].movedim(axis + 1, 1)
+            return
+        length, roi = padded.shape[axis + 2], int(self.patch[axis])
+        rest = padded[0, 0].numel() // length
+        budget = windows_within(self.slab_bytes, self.num_classes or 1, rest, roi, self.overlap)
+        lo, hi = before[axis], before[axis] + size[axis]
+        for slab in plan_slabs(length, roi, self.overlap, budget):
+            keep0, keep1 = max(slab.keep[0], lo), min(slab.keep[1], hi)
+            if keep0 >= keep1:  # only padding
+                continue
+            sub = padded.narrow(axis + 2, slab.read[0], slab.read[1] - slab.read[0])
+            probs = self._probabilities(sub, self._sliding_window, pad=False)
+            probs = probs.narrow(axis + 2, keep0 - slab.read[0], keep1 - keep0)
+            offsets = [0 if d == axis else b for d, b in enumerate(before)]
+            sizes = [keep1 - keep0 if d == axis else s for d, s in enumerate(size)]
+            yield self._crop(probs, offsets, sizes)[0].movedim(axis + 1, 1)
+
+    def _probabilities(
+        self, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor], pad: bool = True
+    ) -> torch.Tensor:
+        """Softmax of forward(x) (B, C, *spatial), averaged over flips with TTA, on the CPU.
+
+        With `pad`, x is padded to data.pad_divisible and the result cropped back; 3D slabs are cut
+        from an already padded volume and keep the window positions of a whole-volume pass."""
         x = x.to(self.device).float()
         size = x.shape[2:]
-        padded = F.pad(x, _pad_amounts(size, self.k))
-        flips = [()]
+        padded, before = divisible_pad(x, self.k) if pad else (x, [0] * len(size))
+        flips: list[tuple[int, ...]] = [()]
         if self.tta:
             axes = list(range(2, padded.ndim))
             flips += [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
@@ -61,37 +134,56 @@ class VolumePredictor:
         for dims in flips:
             inp = padded.flip(dims) if dims else padded
             with self.precision.autocast(self.device):
-                logits = self._logits(inp)
+                logits = forward(inp)
             probs = torch.softmax(logits.float(), dim=1)
             probs = probs.flip(dims) if dims else probs
             total = probs if total is None else total + probs
-        probs = total / len(flips)
-        crop = tuple(slice(0, s) for s in size)
-        return probs[(slice(None), slice(None), *crop)].cpu()
+            del logits, probs
+        assert total is not None
+        probs = total / len(flips) if len(flips) > 1 else total
+        return self._crop(probs, before, size).cpu()
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dims == 3 and self.patch:
-            from monai.inferers import sliding_window_inference
+    def _sliding_window(self, x: torch.Tensor) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
 
-            return sliding_window_inference(
-                x, self.patch, self.batch_size, self.model, overlap=self.overlap, mode="gaussian"
-            )
-        return self.model(x)
+        assert self.patch is not None
+        return sliding_window_inference(
+            x, self.patch, self.batch_size, self.model, overlap=self.overlap, mode="gaussian"
+        )
 
-
-def _pad_amounts(size: torch.Size, k: int) -> list[int]:
-    pads: list[int] = []
-    for s in reversed(size):
-        pads += [0, (-s) % k]
-    return pads
+    @staticmethod
+    def _crop(probs: torch.Tensor, before: list[int], size: Any) -> torch.Tensor:
+        index = tuple(slice(b, b + s) for b, s in zip(before, size))
+        return probs[(slice(None), slice(None), *index)]
 
 
-def resize_probabilities(probs: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Resize (K, *spatial) probabilities to `shape` (linear interpolation); a no-op when equal."""
-    if tuple(probs.shape[1:]) == tuple(shape):
-        return probs
-    mode = "bilinear" if len(shape) == 2 else "trilinear"
-    return F.interpolate(probs[None], size=tuple(shape), mode=mode, align_corners=False)[0]
+def slab_inputs(vol: torch.Tensor, slices: range, context: int) -> torch.Tensor:
+    """Model inputs (n, C*(2k+1), a, b) for `slices` of vol (C, S, a, b).
+
+    Each slice comes with its k neighbours on either side, edges replicated; channels are ordered
+    channel by channel (all 2k+1 slices of channel 0, then of channel 1, ...)."""
+    if context == 0:
+        return vol[:, slices.start : slices.stop].movedim(1, 0)
+    offsets = torch.arange(-context, context + 1)
+    index = (torch.as_tensor(list(slices))[:, None] + offsets).clamp(0, vol.shape[1] - 1)  # (n, 2k+1)
+    picked = vol[:, index]  # (C, n, 2k+1, a, b)
+    n, c = index.shape[0], vol.shape[0]
+    return picked.movedim(1, 0).reshape(n, c * (2 * context + 1), *vol.shape[2:])
+
+
+def divisible_pad(x: torch.Tensor, k: int) -> tuple[torch.Tensor, list[int]]:
+    """Zero-pad the spatial axes of x (B, C, *spatial) up to multiples of k, split evenly with the
+    extra voxel after (MONAI DivisiblePad's symmetric method, as validation pads); also returns the
+    padding before each axis."""
+    before, pads = [], []
+    for s in x.shape[2:]:
+        extra = (-s) % k
+        before.append(extra // 2)
+    for s, b in zip(reversed(x.shape[2:]), reversed(before)):
+        pads += [b, (-s) % k - b]
+    if not any(pads):
+        return x, before
+    return F.pad(x, pads), before
 
 
 def to_labels(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:

@@ -89,6 +89,9 @@ class MultirunSummary(Callback):
             log.warning("multirun summary not written: %s", exc)
             return
         log.info("multirun summary (%s):\n%s", path, table)
+        from medseg.report.hooks import report_after_multirun
+
+        report_after_multirun(config, sweep_dir)
 
 
 def _overrides(path: Path) -> str:

@@ -30,8 +30,10 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from medseg.config.redact import mask_urls
 from medseg.errors import MedsegError
 from medseg.sweeps import trial_context
+from medseg.sweeps.storage import storage_errors
 from medseg.sweeps.trials_table import write_results, write_trials_csv
 
 log = logging.getLogger(__name__)
@@ -59,20 +61,21 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         _make_sqlite_folder(self.storage)
 
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=self._sampler(0),
-            pruner=self.pruner or optuna.pruners.NopPruner(),
-            directions=directions,
-            load_if_exists=True,
-        )
+        with storage_errors(self.storage):
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=self.storage,
+                sampler=self._sampler(0),
+                pruner=self.pruner or optuna.pruners.NopPruner(),
+                directions=directions,
+                load_if_exists=True,
+            )
         interrupted = _fail_interrupted_trials(study)
         planned = max(0, self.n_trials - _counted(study))
         log.info(
             "study %s (%s): %d trials recorded, %d to run for n_trials=%d%s",
             study.study_name,
-            self.storage or "in memory",
+            mask_urls(str(self.storage)) if self.storage else "in memory",
             _counted(study),
             planned,
             self.n_trials,

@@ -49,7 +49,10 @@ def _trial_from_storage(storage: str, study_name: str, number: int, pruner_cfg: 
     import optuna
     from hydra.utils import instantiate
 
+    from medseg.sweeps.storage import storage_errors
+
     pruner = instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
-    study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+    with storage_errors(storage):
+        study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     return optuna.trial.Trial(study, trial_id)

@@ -3,7 +3,8 @@
 After `benchmark.warmup` steps, `benchmark.steps` training steps (forward, backward, optimizer step)
 and as many inference steps are timed on real batches of the configured data, plus the loader alone.
 Prints samples/s, ms/step and peak memory (CUDA max allocated, or the process's peak RSS on CPU) and
-writes the same to benchmark.json in the run folder.
+writes the same to benchmark.json in the run folder. Progress shows as training's does (a bar on a
+terminal, a log line every tenth of each phase otherwise).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from omegaconf import DictConfig
 
 from medseg.data.datamodule import build_data
 from medseg.engine.plain_step import plain_train_step
-from medseg.engine.precision import resolve_precision
+from medseg.hardware import resolve_auto_hardware
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
+from medseg.models.input_size import fill_input_size
+from medseg.precision import resolve_precision
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.tasks.build import build_loss, build_optimizer
+from medseg.tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +40,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def _batches(loader: Any, n: int) -> list[dict[str, torch.Tensor]]:
+def _batches(loader: Any, n: int, bar: bool = True) -> list[dict[str, torch.Tensor]]:
     """n batches, cycling through the loader when it is shorter."""
-    return list(itertools.islice(itertools.cycle(loader), n))
+    batches = []
+    with Progress(n, "benchmark: loading batches", bar) as progress:
+        for batch in itertools.islice(itertools.cycle(loader), n):
+            batches.append(batch)
+            progress.update()
+    return batches
 
 
 def _sync(device: torch.device) -> None:
@@ -49,10 +58,12 @@ def _sync(device: torch.device) -> None:
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir(cfg)
     seed_everything(int(cfg.seed))
+    resolve_auto_hardware(cfg)  # hardware=auto: the preset that fits this machine
     device = select_device(cfg.hardware.device)
     apply_backend_flags(cfg.hardware, False)
     data = build_data(cfg)
     info = data.info
+    fill_input_size(cfg.model, info.dims, [data.val_set, data.train_set])
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.dims).to(device)
     facts = describe_model(model, cfg.model)
     loss_fn, optimizer = build_loss(cfg.trainer.loss), build_optimizer(cfg.optimizer, model)
@@ -60,8 +71,9 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
     warmup, steps = int(cfg.benchmark.warmup), int(cfg.benchmark.steps)
 
+    bar = bool(cfg.trainer.progress_bar)
     start = time.perf_counter()
-    batches = _batches(data.train_loader, warmup + steps)
+    batches = _batches(data.train_loader, warmup + steps, bar)
     loader_seconds = time.perf_counter() - start
     loader_samples = sum(b["image"].shape[0] for b in batches)
 
@@ -77,9 +89,9 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
-    train = _time(train_step, batches, warmup, device)
+    train = _time(train_step, batches, warmup, device, Progress(len(batches), "benchmark: training steps", bar))
     model.eval()
-    infer = _time(infer_step, batches, warmup, device)
+    infer = _time(infer_step, batches, warmup, device, Progress(len(batches), "benchmark: inference steps", bar))
     result = {
         "model": facts["architecture"],
         "params": facts["params_total"],
@@ -116,15 +128,20 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _time(step: Any, batches: list[dict[str, torch.Tensor]], warmup: int, device: torch.device) -> dict[str, float]:
-    for batch in batches[:warmup]:
-        step(batch)
-    _sync(device)
-    timed = batches[warmup:]
-    start = time.perf_counter()
-    for batch in timed:
-        step(batch)
-    _sync(device)
-    seconds = time.perf_counter() - start
+def _time(
+    step: Any, batches: list[dict[str, torch.Tensor]], warmup: int, device: torch.device, progress: Progress
+) -> dict[str, float]:
+    with progress:
+        for batch in batches[:warmup]:
+            step(batch)
+            progress.update(phase="warm-up")
+        _sync(device)
+        timed = batches[warmup:]
+        start = time.perf_counter()
+        for batch in timed:
+            step(batch)
+            progress.update(phase="timed")  # a counter, or a log line every tenth: no device sync
+        _sync(device)
+        seconds = time.perf_counter() - start
     samples = sum(b["image"].shape[0] for b in timed)
     return {"samples_per_s": samples / seconds, "ms_per_step": 1000 * seconds / max(1, len(timed))}

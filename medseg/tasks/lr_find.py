@@ -1,10 +1,19 @@
 """mode=lr_find: a learning-rate range test (Smith 2017; the fastai / Lightning LR finder).
 
 The learning rate rises exponentially from lr_find.min_lr to lr_find.max_lr, one optimizer step per
-training batch, on a freshly initialised model. The loss is smoothed exponentially; the sweep stops
-when the smoothed loss exceeds lr_find.diverge_factor times its minimum. The suggestion is the
-learning rate where the smoothed loss falls fastest (steepest negative slope against log10 lr).
-Writes lr_find.png and lr_find.json into the run folder; nothing else (no checkpoints).
+training batch, on a freshly initialised model. An exponential moving average of the loss watches for
+divergence while the sweep runs: it stops when that average exceeds lr_find.diverge_factor times its
+minimum.
+
+The suggestion is the learning rate where the loss falls fastest: the steepest negative slope, against
+log10(lr), of a centred moving average of the raw loss (a tenth of the sweep wide), searched on the falling
+part of the curve (up to the average's minimum). The centred average is computed after the sweep and does
+not lag: the running average above (smoothing 0.98) trails the loss by about 50 steps, half a 100-step
+sweep, and read on it the steepest slope lands where the raw loss already bottoms out, about 10x too
+high. The slope is also steadier than fastai's "minimum / 10": when the loss flattens into a noisy floor
+instead of diverging (Adam with batch norm often does), the minimum wanders along the floor by a decade
+from one run to the next, while the falling part, and its steepest point, stay put.
+Writes lr_find.png (with the rule marked) and lr_find.json into the run folder; no checkpoints.
 """
 
 from __future__ import annotations
@@ -22,15 +31,16 @@ from omegaconf import DictConfig
 from medseg.engine.plain_step import plain_train_step
 from medseg.errors import ConfigError
 from medseg.io_utils import write_figure, write_json
+from medseg.tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 def run_lr_find(cfg: DictConfig) -> float | None:
     from medseg.data.datamodule import build_data
-    from medseg.engine.precision import resolve_precision
     from medseg.hardware import resolve_auto_hardware
     from medseg.models.factory import build_model, describe_model
+    from medseg.precision import resolve_precision
     from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
     from medseg.tasks.build import build_optimizer, build_train_loss
 
@@ -54,29 +64,36 @@ def run_lr_find(cfg: DictConfig) -> float | None:
     optimizer = build_optimizer(cfg.optimizer, model)
     precision = resolve_precision(cfg.trainer.precision, device)
 
-    result = lr_range_test(
-        model,
-        loss_fn,
-        optimizer,
-        _batches(data.train_loader),
-        device=device,
-        precision=precision,
-        min_lr=min_lr,
-        max_lr=max_lr,
-        num_steps=steps,
-        smoothing=float(lcfg.smoothing),
-        diverge_factor=float(lcfg.diverge_factor),
-    )
+    with Progress(steps, "lr_find", bool(cfg.trainer.progress_bar)) as progress:
+        result = lr_range_test(
+            model,
+            loss_fn,
+            optimizer,
+            _batches(data.train_loader),
+            device=device,
+            precision=precision,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_steps=steps,
+            smoothing=float(lcfg.smoothing),
+            diverge_factor=float(lcfg.diverge_factor),
+            progress=progress,
+        )
     write_json(out / "lr_find.json", result)
     plot_lr_find(out / "lr_find.png", result)
     suggestion = result["suggestion"]
     if suggestion is None:
-        log.warning("lr_find: too few steps before divergence for a suggestion; lower lr_find.min_lr (%s)", out)
+        log.warning(
+            "lr_find: no suggestion: the loss did not fall, or too few steps ran before it diverged; "
+            "widen lr_find.min_lr..max_lr or raise lr_find.num_steps (%s)",
+            out / "lr_find.png",
+        )
     else:
         log.info(
-            "lr_find: suggested learning rate %.2e (steepest descent of the smoothed loss); "
-            "use optimizer.lr=%.2e; plot %s",
+            "lr_find: suggested learning rate %.2e (%s; the loss bottoms out at %.2e); use optimizer.lr=%.2e; plot %s",
             suggestion,
+            RULE,
+            result["loss_min_lr"],
             suggestion,
             out / "lr_find.png",
         )
@@ -107,8 +124,10 @@ def lr_range_test(
     num_steps: int = 100,
     smoothing: float = 0.98,
     diverge_factor: float = 4.0,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run the sweep; returns lrs, raw and smoothed losses, whether it diverged, and the suggestion."""
+    """Run the sweep; returns lrs, raw and running-average losses, whether it diverged, the suggestion,
+    the lr where the loss bottoms out, the centred average it was read from, and the rule's name."""
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
     ratio = max_lr / min_lr
     lrs: list[float] = []
@@ -134,6 +153,8 @@ def lr_range_test(
         avg = smoothing * avg + (1 - smoothing) * value
         smooth = avg / (1 - smoothing ** (step + 1))  # bias correction for the first steps
         smoothed.append(smooth)
+        if progress is not None:
+            progress.update(lr=lr, loss=smooth)
         best = min(best, smooth)
         if smooth > diverge_factor * best:
             diverged = True
@@ -144,46 +165,85 @@ def lr_range_test(
         "smoothed": smoothed,
         "diverged": diverged,
         "steps": len(lrs),
-        "suggestion": suggest_lr(lrs[: len(smoothed)], smoothed),
+        **suggest_lr(lrs, losses),
+        "rule": RULE,
         "min_lr": min_lr,
         "max_lr": max_lr,
     }
 
 
-def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: float = 0.1, skip_end: int = 1) -> float | None:
-    """The lr at the steepest descent of the smoothed loss against log10(lr).
+RULE = "steepest descent of the loss (centred moving average)"
 
-    The first `skip_start` share of points (the smoothing warms up there) and the last `skip_end`
-    points (divergence) are left out. None when fewer than 3 points remain.
+
+def loss_trend(losses: list[float], window: int | None = None) -> np.ndarray:
+    """Centred moving average of the raw loss (edges padded with the end values), so it does not lag.
+
+    The window defaults to a tenth of the sweep (odd, at least 3 steps).
     """
-    start = int(len(lrs) * skip_start)
-    end = len(lrs) - skip_end
-    if end - start < 3:
-        return None
-    x = np.log10(np.asarray(lrs[start:end], dtype=float))
-    y = np.asarray(smoothed[start:end], dtype=float)
-    slope = np.gradient(y, x)
-    return float(lrs[start + int(np.argmin(slope))])
+    y = np.asarray(losses, dtype=float)
+    if window is None:
+        window = max(3, len(y) // 10)
+    window = min(window | 1, max(1, len(y)) | 1)  # odd
+    half = window // 2
+    padded = np.pad(y, half, mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
+
+
+def suggest_lr(lrs: list[float], losses: list[float]) -> dict[str, Any]:
+    """The steepest-descent rule on the finite losses of a sweep.
+
+    Returns {"suggestion", "loss_min_lr", "trend"}: the suggested lr, the lr where the average bottoms
+    out, and the centred average. The suggestion is None when fewer than 5 steps ran or the loss never
+    fell (the average's minimum is its first point).
+    """
+    n = 0
+    while n < len(losses) and math.isfinite(losses[n]):
+        n += 1
+    if n < 5:
+        return {"suggestion": None, "loss_min_lr": None, "trend": []}
+    trend = loss_trend(losses[:n])
+    low = int(np.argmin(trend))
+    if low == 0:
+        return {"suggestion": None, "loss_min_lr": None, "trend": trend.tolist()}
+    slope = np.gradient(trend, np.log10(np.asarray(lrs[:n], dtype=float)))
+    steepest = int(np.argmin(slope[: low + 1]))
+    return {"suggestion": float(lrs[steepest]), "loss_min_lr": float(lrs[low]), "trend": trend.tolist()}
 
 
 def plot_lr_find(path: str | Path, result: dict[str, Any]) -> Path:
+    """The raw loss, its centred average, the minimum and the suggestion (marker, line and the rule as text)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    n = len(result["smoothed"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    lrs, trend = result["lrs"], result.get("trend") or []
     if result["losses"]:
-        ax.plot(result["lrs"], result["losses"], color="0.75", linewidth=0.8, label="loss")
-    if n:
-        ax.plot(result["lrs"][:n], result["smoothed"], color="C0", label="smoothed loss")
-    if result["suggestion"] is not None:
-        ax.axvline(result["suggestion"], color="C3", linestyle="--", label=f"suggested {result['suggestion']:.2e}")
+        ax.plot(lrs, result["losses"], color="0.75", linewidth=0.8, label="loss")
+    if trend:
+        ax.plot(lrs[: len(trend)], trend, color="C0", label="loss, centred moving average")
+    low, suggestion = result.get("loss_min_lr"), result["suggestion"]
+    if low is not None and suggestion is not None:
+        lr_at = np.asarray(lrs[: len(trend)])
+        y_low = trend[int(np.argmin(np.abs(np.log(lr_at / low))))]
+        y_sug = trend[int(np.argmin(np.abs(np.log(lr_at / suggestion))))]
+        ax.plot([low], [y_low], "o", color="k", label=f"loss bottoms out at {low:.2e}")
+        ax.axvline(suggestion, color="C3", linestyle="--", linewidth=1)
+        ax.plot([suggestion], [y_sug], "*", color="C3", markersize=12, label=f"suggested {suggestion:.2e}")
+        ax.annotate(
+            f"suggested {suggestion:.2e}:\n{RULE}",
+            xy=(suggestion, y_sug),
+            xytext=(0.03, 0.06),
+            textcoords="axes fraction",
+            fontsize=8,
+            color="C3",
+            arrowprops={"arrowstyle": "->", "color": "C3", "linewidth": 0.8},
+        )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title("LR range test")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return write_figure(path, fig)

@@ -1,4 +1,9 @@
-"""mode=predict: segment files or a folder with a checkpoint; masks keep the input's geometry."""
+"""mode=predict: segment files or a folder with a checkpoint; masks keep the input's geometry.
+
+Each input is predicted slice by slice (slab by slab for 3D models) straight into an integer mask on
+the input's own grid (see medseg/inference/predictor.py); no float volume per class is held.
+predict.threshold applies to two-class models, exactly as in mode=evaluate.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ from omegaconf import DictConfig
 
 from medseg.data.datasets import plain
 from medseg.data.transforms import volume_transforms
-from medseg.engine.precision import resolve_precision
 from medseg.errors import DataError, MedsegError
 from medseg.inference.image_io import (
     collect_inputs,
@@ -24,7 +28,8 @@ from medseg.inference.image_io import (
     stem_of,
     suffix_of,
 )
-from medseg.inference.predictor import VolumePredictor, resize_probabilities, to_labels
+from medseg.inference.predictor import VolumePredictor, context_slices
+from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
 from medseg.tasks.restore import restore_model
 
@@ -47,14 +52,15 @@ def run_predict(cfg: DictConfig) -> None:
         tta=bool(pcfg.tta),
         overlap=float(pcfg.overlap),
         batch_size=int(pcfg.batch_size),
+        num_classes=restored.num_classes,
     )
     chain = volume_transforms(data_cfg, with_label=False)
+    channels = restored.in_channels // (2 * context_slices(data_cfg) + 1)
     values = restored.ckpt.get("mask_values")
     written = 0
     for path in _progress(files):
-        image, geom = load_input(path, chain, restored.in_channels)
-        probs = resize_probabilities(predictor.probabilities(image), geom.shape)
-        labels = to_labels(probs, float(pcfg.threshold)).numpy()
+        image, geom = load_input(path, chain, channels)
+        labels = predictor.labels(image, geom.shape, float(pcfg.threshold)).numpy()
         name = stem_of(path)
         if pcfg.save:
             ext = suffix_of(path) if geom.kind == "nifti" else ".png"

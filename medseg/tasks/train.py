@@ -11,23 +11,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medseg.config.redact import redact_config
-from medseg.data.datamodule import build_data, make_loader
+from medseg.data.datamodule import build_data
 from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
 from medseg.engine.checkpoint import library_versions, load_checkpoint
 from medseg.engine.distributed import DistContext, init_distributed, shared_run_dir
 from medseg.engine.histograms import ParameterHistograms
 from medseg.engine.image_panels import ImagePanels
 from medseg.engine.optuna_pruning import OptunaPruning
-from medseg.engine.precision import resolve_precision
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
 from medseg.hardware import fit_micro_batch, resolve_auto_hardware
 from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
+from medseg.models.input_size import fill_input_size
+from medseg.precision import resolve_precision
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.sweeps.trial_context import current_trial
-from medseg.tasks.build import build_optimizer, build_train_loss, load_weights
+from medseg.tasks.build import build_optimizer, build_train_loss, check_weights_fit, load_weights
 from medseg.tracking.base import build_trackers
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,13 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         write_json(out / "label_map.json", {str(i): name for i, name in enumerate(info.class_names)})
 
     # 2. model, loss, optimizer, schedule, precision
-    seed_everything(int(cfg.seed))
+    fill_input_size(cfg.model, info.dims, [data.val_set, data.train_set])  # UNETR: a fixed size from the data
+    seed_everything(int(cfg.seed), rank)  # each rank its own stream (dropout); DDP copies rank 0's initial weights
     model = build_model(cfg.model, info.in_channels, info.num_classes, info.dims)
     model_facts = describe_model(model, cfg.model)
+    if ckpt is not None:  # only the tensors are used; nothing named in the checkpoint's config is built
+        stored_model = (ckpt.get("model_facts") or {}).get("architecture")
+        check_weights_fit(model, ckpt.get("model"), str(cfg.ckpt), stored_model)
     if ckpt is not None and not tcfg.resume:
         load_weights(model, ckpt["model"], str(cfg.ckpt))
         log.info("fine-tuning from the weights in %s", cfg.ckpt)
@@ -130,10 +135,6 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         "tracker_ids": {t.name: t.run_id for t in trackers if t.run_id},
     }
 
-    def loader_factory(batch_size: int) -> Any:
-        shuffle = bool(cfg.data.shuffle)
-        return make_loader(data.train_set, batch_size, shuffle, data.loader_kwargs, int(cfg.seed), world_size, rank)
-
     trainer = Trainer(
         train_model,
         loss_fn,
@@ -160,7 +161,6 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         seed=int(cfg.seed),
         callbacks=callbacks,
         inferer=make_inferer(cfg.data, overlap=float(cfg.predict.overlap)),
-        loader_factory=loader_factory,
         channels_last=bool(cfg.hardware.channels_last) and info.dims == 2,
         progress_bar=bool(tcfg.progress_bar),
         extra_state=extra_state,
@@ -175,7 +175,15 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     finally:
         for tracker in trackers:
             tracker.finish(exit_code)
+    if main_process:  # report.html: curves, tables and best/median/worst validation overlays
+        from medseg.report.hooks import report_after_training
+
+        report_after_training(cfg, out, trainer, model, data, facts)
     log.info("best %s = %s at epoch %s; run folder %s", tcfg.monitor, _fmt(best), trainer.best_epoch, out)
+    if main_process:
+        from medseg.tasks.next_commands import log_next_commands
+
+        log_next_commands(cfg, out)
     return best
 
 

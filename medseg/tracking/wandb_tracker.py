@@ -1,6 +1,8 @@
 """Weights & Biases tracker. Offline by default: the run lives in <run folder>/wandb/offline-run-*
 and can be uploaded later with `wandb sync`. The run starts in log_config, when the full config is
 known (the run name is filled from it); its id goes into checkpoints so a resumed training continues it.
+wandb's own console banner and closing summary are silenced unless logger.wandb.verbose=true; medseg logs
+one line with the run's folder instead.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class WandbTracker(Tracker):
         tags: list[str] | None = None,
         notes: str | None = None,
         job_type: str | None = None,
+        verbose: bool = False,
     ) -> None:
         mode = str(mode or "offline").lower()
         if mode not in MODES:
@@ -44,6 +47,7 @@ class WandbTracker(Tracker):
         self.run_dir, self.resume_id, self.mode = Path(run_dir), resume_id, mode
         self.project, self.entity, self.name_template = project, entity, name
         self.group, self.tags, self.notes, self.job_type = group, list(tags or []), notes, job_type
+        self.verbose = bool(verbose)
         self.run: Any = None
         self.run_id = resume_id
 
@@ -67,6 +71,7 @@ class WandbTracker(Tracker):
             "job_type": self.job_type,
             "config": {**config, "facts": facts},
             "reinit": "finish_previous",  # a multirun's jobs share one process: one run per job
+            "settings": wandb.Settings(silent=not self.verbose),  # no banner, no closing summary
         }
         if self.resume_id:
             init.update(id=self.resume_id, resume="allow")
@@ -83,7 +88,14 @@ class WandbTracker(Tracker):
         self.run.define_metric("epoch")
         for key in EPOCH_KEYS:
             self.run.define_metric(key, step_metric="epoch")
-        log.info("wandb: %s run %s (%s) in %s", self.mode, self.run.name, self.run_id, self.run_dir / "wandb")
+        where = Path(self.run.dir).parent if self.mode != "disabled" else self.run_dir / "wandb"
+        if self.mode == "offline":
+            where = f"; upload later: wandb sync {where}"
+        elif self.mode == "online":
+            where = f" at {getattr(self.run, 'url', None) or where}"
+        else:
+            where = ""
+        log.info("wandb: %s run %s (%s)%s", self.mode, self.run.name, self.run_id, where)
 
     # ------------------------------------------------------------------ logging
     def log_step(self, metrics: dict[str, float], step: int) -> None:

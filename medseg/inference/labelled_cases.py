@@ -1,0 +1,107 @@
+"""Labelled cases for evaluation: which cases, and each one loaded and checked before it is scored.
+
+`evaluation_cases` decides where the images and labels come from (the checkpoint's validation split,
+or a labelled folder given by evaluate.input); `load_case` reads one case through the training
+run's own volume chain and refuses what cannot be scored honestly, naming the file or the case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from medseg.data.checks import check_files
+from medseg.data.datasets import describe_failure, plain
+from medseg.data.layouts import read_cases
+from medseg.data.split import split_cases
+from medseg.errors import DataError
+from medseg.inference.image_io import NIFTI, read_geometry
+
+
+@dataclass
+class LabelledCase:
+    id: str
+    image: torch.Tensor  # (C, *spatial) in the model's input space
+    truth: torch.Tensor  # (*spatial) int16 class indices on the label's own grid
+    spacing: list[float] | None  # mm per voxel of the label grid; None for 2D images (pixels)
+
+
+def evaluation_cases(
+    evaluate_input: str | None, data_cfg: Any, cache_dir: str, seed: int, class_names: list[str]
+) -> tuple[str, Any, list[dict[str, Any]]]:
+    """(source description, data config to read them with, cases) for mode=evaluate."""
+    if not evaluate_input:
+        cases = read_cases(data_cfg, cache_dir).cases
+        _, val = split_cases(cases, data_cfg, seed)
+        check_files(val, "validation")
+        return "validation split", data_cfg, val
+    root = Path(str(evaluate_input)).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"evaluate.input={root} is not a folder; give a labelled dataset in the {data_cfg.layout} layout"
+        )
+    override: dict[str, Any] = {"root": str(root)}
+    if data_cfg.layout == "synthetic":  # the demo data is an MSD folder; never generate data into the input
+        override["layout"] = "msd"
+    if data_cfg.layout == "totalseg" and not data_cfg.structures:  # the model's classes, in its order
+        override["structures"] = list(class_names[1:])
+    data_cfg = OmegaConf.merge(data_cfg, override)
+    try:
+        cases = read_cases(data_cfg, cache_dir).cases
+    except DataError as exc:  # the layout readers speak of data.root; the user typed evaluate.input
+        raise DataError(str(exc).replace(f"data.root={root}", f"evaluate.input={root}")) from None
+    check_files(cases, "evaluation")
+    return str(root), data_cfg, cases
+
+
+def load_case(
+    case: dict[str, Any], image_chain: Any, label_chain: Any, channels: int, num_classes: int
+) -> LabelledCase:
+    """Read and check one case; a DataError names the unreadable file or what is wrong with the case."""
+    try:
+        image = plain(image_chain({"image": case["image"]})["image"]).float()
+        truth = plain(label_chain({"label": case["label"]})["label"])[0]
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one line naming the file
+        raise DataError(f"case {case['id']}: {describe_failure(case, exc)}; fix or remove the file") from None
+    first_image = _first(case["image"])
+    original = read_geometry(Path(first_image)).shape
+    if tuple(truth.shape) != tuple(original):
+        raise DataError(
+            f"case {case['id']}: label shape {tuple(truth.shape)} differs from image shape {tuple(original)} "
+            f"({_first(case['label'])}); labels must be on their image's grid"
+        )
+    if int(image.shape[0]) != channels:
+        raise DataError(
+            f"case {case['id']}: {first_image} has {image.shape[0]} channel(s) but the model expects {channels}"
+        )
+    if not bool(torch.isfinite(truth).all()):
+        raise DataError(f"case {case['id']}: label {_first(case['label'])} has NaN/Inf values; fix the mask")
+    truth = truth.round()
+    low, high = int(truth.min()), int(truth.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(
+            f"case {case['id']}: label values {low}..{high} are outside the model's classes 0..{num_classes - 1} "
+            f"({_first(case['label'])}); evaluate with labels of the same classes"
+        )
+    return LabelledCase(case["id"], image, truth.to(torch.int16), voxel_spacing(case, truth.ndim))
+
+
+def voxel_spacing(case: dict[str, Any], ndim: int) -> list[float] | None:
+    """Voxel size in mm from the NIfTI header of the image (or else the first label file), for every
+    layout (TotalSegmentator's label is a list of structure files); None for 2D images (pixels)."""
+    import nibabel as nib
+
+    for path in (_first(case["image"]), _first(case["label"])):
+        if str(path).lower().endswith(NIFTI):
+            zooms = nib.load(str(path)).header.get_zooms()[:ndim]
+            if len(zooms) == ndim:
+                return [float(z) for z in zooms]
+    return None
+
+
+def _first(paths: Any) -> str:
+    return str(paths[0]) if isinstance(paths, (list, tuple)) else str(paths)

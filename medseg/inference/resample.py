@@ -1,0 +1,71 @@
+"""Class probabilities back onto the label's grid, a few slices at a time.
+
+Linear (bi/trilinear, align_corners=False) interpolation is separable, so resizing a (K, S, A, B)
+probability volume to (K, T, A', B') equals resizing each slice in-plane to (A', B') and then
+blending, for each target slice t, the two source slices around it along the slice axis. Both steps
+need only the slices at hand: `InPlane` resizes a chunk of slices, and `AlongAxis` keeps the last two
+source slices and emits each target slice as soon as the source slices it needs have arrived. Nothing
+holds a (K, *volume) float array, whatever the scale or spacing. The weights are those of
+`torch.nn.functional.interpolate`, so the result equals resizing the whole volume at once (up to
+float rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_in_plane(chunk: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, n, a, b) probabilities -> (K, n, *size), bilinear; a no-op when the size already fits."""
+    if tuple(chunk.shape[2:]) == tuple(size):
+        return chunk
+    out = F.interpolate(chunk.movedim(1, 0), size=tuple(size), mode="bilinear", align_corners=False)
+    return out.movedim(0, 1)
+
+
+class AlongAxis:
+    """Linear interpolation along the slice axis from `source` to `target` slices, fed in order."""
+
+    def __init__(self, source: int, target: int) -> None:
+        self.source, self.target = source, target
+        self.pairs = [_source_pair(t, source, target) for t in range(target)]
+        self.next_target = 0
+        self.held: dict[int, torch.Tensor] = {}  # source index -> (K, A, B)
+        self.received = 0
+
+    def feed(self, chunk: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """Take the next source slices (K, n, A, B); yield (target index, (K, A, B)) that are ready."""
+        for i in range(chunk.shape[1]):
+            self.held[self.received] = chunk[:, i]
+            self.received += 1
+        while self.next_target < self.target:
+            i0, i1, w = self.pairs[self.next_target]
+            if i1 >= self.received:
+                break
+            if self.source == self.target or w == 0.0:
+                yield self.next_target, self.held[i0]
+            else:
+                yield self.next_target, self.held[i0] * (1 - w) + self.held[i1] * w
+            self.next_target += 1
+        if self.next_target < self.target:  # keep only what later target slices still need
+            oldest = self.pairs[self.next_target][0]
+            # copies, so that the chunk these slices are views of can be freed
+            self.held = {i: v.clone() for i, v in self.held.items() if i >= oldest}
+        else:
+            self.held = {}
+
+    def done(self) -> bool:
+        return self.next_target == self.target
+
+
+def _source_pair(t: int, source: int, target: int) -> tuple[int, int, float]:
+    """PyTorch's linear source index for target slice t (align_corners=False): (i0, i1, weight of i1)."""
+    if source == target:
+        return t, t, 0.0
+    src = max((t + 0.5) * (source / target) - 0.5, 0.0)
+    i0 = min(int(src), source - 1)
+    i1 = min(i0 + 1, source - 1)
+    return i0, i1, src - i0

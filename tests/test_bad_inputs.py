@@ -1,0 +1,655 @@
+"""The bad-input suite: each row is one thing a user can get wrong (a config value, a data file, a
+checkpoint, a storage URL). Every row must end with exit code 2 and one line `medseg: error: ...` naming
+the problem, no traceback, and must leave an earlier run's checkpoints and history in the same run folder
+byte for byte as they were (hydra.run.dir points at that finished run).
+
+Rows run through run.py's own entry (`main` of run.py: argv parsing, Hydra, the one-line error printing)
+inside the test process, which keeps the suite fast; test_rows_agree_with_a_real_process runs a few rows
+as real `python run.py` processes to show that the exit code and the line are the same there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import importlib.util
+import io
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+PASSWORD = "S3cretPw-42"  # a password that must never be printed or written
+
+# A finished run: tiny synthetic data, a tiny U-Net, one training and one validation batch.
+RUN = [
+    "data.synthetic.num_cases=3",
+    "data.synthetic.shape=[32,32,8]",
+    "data.batch_size=2",
+    "data.val_percent=34",
+    "model.channels=[4,8]",
+    "trainer.max_epochs=1",
+    "trainer.accumulate_grad_batches=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.log_images_every_n_epochs=0",
+    "trainer.progress_bar=false",
+    "logger=none",
+]
+
+
+# ------------------------------------------------------------------ running run.py's entry in-process
+@pytest.fixture(scope="module")
+def entry() -> Callable[[], Any]:
+    spec = importlib.util.spec_from_file_location("medseg_run_entry", ROOT / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = module.main
+    while hasattr(task, "__wrapped__"):
+        task = task.__wrapped__
+    task.__module__ = "__main__"  # as when run.py runs as a script: Hydra looks for conf/ next to the file
+    return module.main
+
+
+@dataclass
+class Outcome:
+    code: Any
+    out: str
+    err: str
+
+
+def call_entry(entry: Callable[[], Any], args: list[str], cache: Path) -> Outcome:
+    """`python run.py *args` in this process; everything it changes globally is put back afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    saved_env, saved_argv = dict(os.environ), list(sys.argv)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.environ.update({"MEDSEG_CACHE": str(cache), "WANDB_MODE": "offline"})
+    sys.argv = ["run.py", *args]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            entry()
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        for handler in list(root.handlers):
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in saved_handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(saved_level)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
+    return Outcome(code, out.getvalue(), err.getvalue())
+
+
+def snapshot(run: Path) -> dict[str, str]:
+    """Hashes of the finished run's checkpoints and history (what a bad run must never touch)."""
+    files = sorted((run / "checkpoints").glob("*")) + [run / "history.json"]
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+# ------------------------------------------------------------------ shared material
+@dataclass
+class Ctx:
+    tmp: Path  # this row's own folder
+    run: Path  # the finished run (hydra.run.dir of every row)
+    msd: Path  # a valid MSD dataset to copy and damage
+    image: Path  # a valid NIfTI image for predict.input
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+    server: Any = None  # the fake database server of a storage row
+
+    @property
+    def best(self) -> Path:
+        return self.run / "checkpoints" / "best.pt"
+
+    def copy_msd(self) -> Path:
+        return Path(shutil.copytree(self.msd, self.tmp / "msd"))
+
+    def label(self, root: Path, i: int) -> Path:
+        return root / "labelsTr" / f"case_{i:03d}.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def finished(entry, tmp_path_factory, cache_dir) -> tuple[Path, Path, Path]:
+    from medseg.data.examples import write_msd
+
+    base = tmp_path_factory.mktemp("bad_inputs")
+    run = base / "finished_run"
+    done = call_entry(entry, [f"hydra.run.dir={run}", *RUN], cache_dir)
+    assert done.code == 0, done.err[-2000:]
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "history.json").is_file()
+    msd = write_msd(base / "msd", num_cases=4, num_classes=3)
+    image = base / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((32, 32, 8)).astype(np.float32), np.eye(4)), image)
+    return run, msd, image
+
+
+# ------------------------------------------------------------------ row helpers
+def _truncate_nifti(path: Path) -> None:
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data[: len(data) // 2])[:-8])
+
+
+def _rewrite(path: Path, array: np.ndarray) -> None:
+    old = nib.load(str(path))
+    nib.save(nib.Nifti1Image(array, old.affine), str(path))
+
+
+def _label_array(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj).copy()
+
+
+def _predict(ckpt: Path, ctx: Ctx) -> list[str]:
+    return ["mode=predict", f"ckpt={ckpt}", f"predict.input={ctx.image}", "logger=none"]
+
+
+def _edit_checkpoint(ctx: Ctx, edit: Callable[[dict[str, Any]], None], name: str = "edited.pt") -> Path:
+    import torch
+
+    payload = torch.load(ctx.best, map_location="cpu", weights_only=True)
+    edit(payload)
+    path = ctx.tmp / name
+    torch.save(payload, path)
+    return path
+
+
+def _with_model_config(ctx: Ctx, change: Callable[[dict[str, Any]], None]) -> Path:
+    import yaml
+
+    def edit(payload: dict[str, Any]) -> None:
+        cfg = yaml.safe_load(payload["config_yaml"])
+        change(cfg["model"])
+        payload["config_yaml"] = yaml.safe_dump(cfg)
+
+    return _edit_checkpoint(ctx, edit, "crafted.pt")
+
+
+def _marker(ctx: Ctx) -> Path:
+    return ctx.tmp / "MARKER"
+
+
+def _no_marker(ctx: Ctx, outcome: Outcome) -> None:
+    assert not _marker(ctx).exists(), "the callable named in the checkpoint ran"
+    assert not list(ctx.tmp.glob("MARKER*"))
+
+
+def _no_password(ctx: Ctx, outcome: Outcome) -> None:
+    assert PASSWORD not in outcome.out + outcome.err
+    leaks = [
+        p for p in [*ctx.tmp.rglob("*"), *ctx.run.rglob("*")] if p.is_file() and PASSWORD.encode() in p.read_bytes()
+    ]
+    assert leaks == []
+
+
+# ------------------------------------------------------------------ the rows: configs
+def _args(*args: str) -> Callable[[Ctx], list[str]]:
+    return lambda ctx: list(args)
+
+
+@dataclass
+class Row:
+    id: str
+    setup: Callable[[Ctx], list[str]]
+    expect: str  # a regular expression the one error line must match
+    check: Callable[[Ctx, Outcome], None] | None = None
+    config_error: bool = False  # raised before the config tree may be printed
+    marks: tuple[Any, ...] = ()
+
+
+CONFIG_ROWS = [
+    Row("typo-key", _args("trainer.max_epoch=3"), r"trainer\.max_epoch"),
+    Row("wrong-type", _args("trainer.max_epochs=abc"), r"trainer\.max_epochs"),
+    Row("wrong-type-list", _args("data.batch_size=[1,2]"), r"data\.batch_size"),
+    Row("unknown-option", _args("model=unet9"), r"model.*unet9"),
+    Row("unknown-mode", _args("mode=dance"), r"mode='dance' is not known"),
+    Row("batch-size-negative", _args("data.batch_size=-1"), r"data\.batch_size=-1 must be an integer >= 1"),
+    Row("epochs-zero", _args("trainer.max_epochs=0"), r"trainer\.max_epochs=0 must be an integer >= 1"),
+    Row(
+        "accumulation-zero",
+        _args("trainer.accumulate_grad_batches=0"),
+        r"accumulate_grad_batches=0 must be an integer >= 1",
+    ),
+    Row("scale-above-one", _args("data.scale=1.5"), r"data\.scale=1\.5 must be in \(0, 1\]"),
+    Row("val-percent-100", _args("data.val_percent=100"), r"data\.val_percent=100\.0 must be in \(0, 100\)"),
+    Row("lr-negative", _args("optimizer.lr=-0.001"), r"optimizer\.lr=-0\.001 must be > 0"),
+    Row("workers-negative", _args("hardware.num_workers=-2"), r"hardware\.num_workers=-2 must be an integer >= 0"),
+    Row(
+        "probability-above-one",
+        _args("data.augment.flip_prob=1.5"),
+        r"data\.augment\.flip_prob=1\.5 must be in \[0, 1\]",
+    ),
+    Row("overlap-one", _args("predict.overlap=1"), r"predict\.overlap=1\.0 must be in \[0, 1\)"),
+    Row(
+        "patch-size-zero",
+        _args("data.dims=3", "data.patch_size=[0,16,16]"),
+        r"data\.patch_size=\[0,16,16\] must be a list of integers >= 1 or null",
+    ),
+    Row("fold-beyond-folds", _args("data.fold=5"), r"data\.fold=5 .*\[0, 4\]"),
+    Row("predict-without-ckpt", _args("mode=predict"), r"mode=predict needs ckpt="),
+    Row("missing-ckpt", lambda ctx: _predict(ctx.tmp / "nope.pt", ctx), r"nope\.pt not found"),
+    Row("missing-ckpt-fine-tune", lambda ctx: [f"ckpt={ctx.tmp}/gone.pt", *RUN], r"gone\.pt not found"),
+]
+for _row in CONFIG_ROWS:
+    _row.config_error = True
+
+
+# ------------------------------------------------------------------ the rows: data files
+def _msd_args(root: Path, *extra: str) -> list[str]:
+    return ["data=msd", f"data.root={root}", "model.channels=[4,8]", "logger=none", "trainer.max_epochs=1", *extra]
+
+
+def _truncated_image(ctx: Ctx) -> list[str]:
+    root = ctx.copy_msd()
+    _truncate_nifti(root / "imagesTr" / "case_002.nii.gz")
+    return _msd_args(root)
+
+
+def _label_wrong_shape(ctx: Ctx) -> list[str]:
+    root = ctx.copy_msd()
+    _rewrite(ctx.label(root, 0), np.zeros((30, 32, 8), dtype=np.uint8))
+    return _msd_args(root)
+
+
+def _label_out_of_range(ctx: Ctx) -> list[str]:
+    root = ctx.copy_msd()
+    label = _label_array(ctx.label(root, 1))
+    label[:2, :2, :] = 7
+    _rewrite(ctx.label(root, 1), label)
+    return _msd_args(root)
+
+
+def _nan_image(ctx: Ctx) -> list[str]:
+    root = ctx.copy_msd()
+    path = root / "imagesTr" / "case_003.nii.gz"
+    image = _label_array(path).astype(np.float32)
+    image[1, 1, 1] = np.nan
+    _rewrite(path, image)
+    return _msd_args(root, "data.intensity.preset=none")
+
+
+def _missing_label(ctx: Ctx) -> list[str]:
+    root = ctx.copy_msd()
+    ctx.label(root, 2).unlink()
+    return _msd_args(root)
+
+
+def _empty_folder(ctx: Ctx) -> list[str]:
+    root = ctx.tmp / "empty"
+    (root / "imgs").mkdir(parents=True)
+    (root / "masks").mkdir()
+    return ["data=folder", f"data.root={root}", "logger=none"]
+
+
+def _masks_missing(ctx: Ctx) -> list[str]:
+    from medseg.data.examples import write_folder
+
+    root = write_folder(ctx.tmp / "pngs", num_cases=3, mask_suffix="_mask")
+    (root / "masks" / "img_001_mask.png").unlink()
+    return ["data=folder", f"data.root={root}", "data.mask_suffix=_mask", "logger=none"]
+
+
+def _evaluate_truncated_label(ctx: Ctx) -> list[str]:
+    root = ctx.copy_msd()
+    _truncate_nifti(ctx.label(root, 1))
+    return ["mode=evaluate", f"ckpt={ctx.best}", f"evaluate.input={root}", "logger=none"]
+
+
+def _evaluate_shape_mismatch(ctx: Ctx) -> list[str]:
+    root = ctx.copy_msd()
+    _rewrite(ctx.label(root, 0), np.zeros((30, 32, 8), dtype=np.uint8))
+    return ["mode=evaluate", f"ckpt={ctx.best}", f"evaluate.input={root}", "logger=none"]
+
+
+def _no_metrics(ctx: Ctx, outcome: Outcome) -> None:
+    assert not (ctx.run / "metrics.csv").exists()
+
+
+FILE_ROWS = [
+    Row("truncated-nifti", _truncated_image, r"case_002.*cannot read"),
+    Row(
+        "label-shape-mismatch", _label_wrong_shape, r"case_000: image shape \(32, 32, 8\) != label shape \(30, 32, 8\)"
+    ),
+    Row("label-out-of-range", _label_out_of_range, r"case_001: label value 7 outside"),
+    Row("nan-voxels", _nan_image, r"case_003: image has 1 NaN/Inf voxel"),
+    Row("missing-label-file", _missing_label, r"missing file.*case_002"),
+    Row("empty-folder", _empty_folder, r"no cases found for data\.layout=folder"),
+    Row("masks-missing", _masks_missing, r"have no mask .*img_001\.png"),
+    Row(
+        "root-not-a-folder",
+        _args("data=msd", "data.root=/nonexistent/msd", "logger=none"),
+        r"data\.root=.* not a folder",
+    ),
+    Row(
+        "evaluate-truncated-label",
+        _evaluate_truncated_label,
+        r"case_001.*labelsTr/case_001\.nii\.gz",
+        check=_no_metrics,
+    ),
+    Row(
+        "evaluate-label-shape-mismatch",
+        _evaluate_shape_mismatch,
+        r"case_000.*shape",
+        check=_no_metrics,
+    ),
+]
+
+
+# ------------------------------------------------------------------ the rows: checkpoints
+def _truncated_ckpt(ctx: Ctx) -> list[str]:
+    path = ctx.tmp / "truncated.pt"
+    data = ctx.best.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return _predict(path, ctx)
+
+
+def _foreign_ckpt(ctx: Ctx) -> list[str]:
+    import torch
+
+    path = ctx.tmp / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    return _predict(path, ctx)
+
+
+def _weights_of_another_model(ctx: Ctx) -> list[str]:
+    """The stored config says UNet [4, 8] but the tensors belong to a wider network."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        payload["model"] = {k: v.repeat(*([2] + [1] * (v.ndim - 1))) for k, v in payload["model"].items()}
+
+    return _predict(_edit_checkpoint(ctx, edit), ctx)
+
+
+def _fine_tune_another_model(ctx: Ctx) -> list[str]:
+    return [f"ckpt={ctx.best}", *RUN, "model=attention_unet", "model.channels=[4,8]"]
+
+
+def _resume_another_model(ctx: Ctx) -> list[str]:
+    return [f"ckpt={ctx.best}", *RUN, "trainer.resume=true", "model.channels=[8,16]"]
+
+
+def _crafted_nested(target: str, **kwargs: Any) -> Callable[[Ctx], list[str]]:
+    def setup(ctx: Ctx) -> list[str]:
+        fill = {k: str(v).format(marker=_marker(ctx), best=ctx.best) for k, v in kwargs.items()}
+        path = _with_model_config(ctx, lambda m: m.update(dropout={"_target_": target, **fill}))
+        return _predict(path, ctx)
+
+    return setup
+
+
+def _crafted_deep(ctx: Ctx) -> list[str]:
+    payload = {"_target_": "pathlib.Path.touch", "self": str(_marker(ctx))}
+    path = _with_model_config(ctx, lambda m: m.update(channels=[4, {"x": payload}]))
+    return _predict(path, ctx)
+
+
+def _crafted_top_level(ctx: Ctx) -> list[str]:
+    def change(model: dict[str, Any]) -> None:
+        model.clear()
+        model.update({"_target_": "shutil.copyfile", "src": str(ctx.best), "dst": str(_marker(ctx))})
+
+    return _predict(_with_model_config(ctx, change), ctx)
+
+
+def _crafted_partial(ctx: Ctx) -> list[str]:
+    path = _with_model_config(ctx, lambda m: m.update({"_partial_": True}))
+    return _predict(path, ctx)
+
+
+class _Touch:
+    """Unpickling this object would create the marker file (what a crafted pickle does)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+def _crafted_pickle(ctx: Ctx) -> list[str]:
+    return _predict(_edit_checkpoint(ctx, lambda p: p.update(extra=_Touch(_marker(ctx))), "pickled.pt"), ctx)
+
+
+def _config_not_yaml(ctx: Ctx) -> list[str]:
+    return _predict(_edit_checkpoint(ctx, lambda p: p.update(config_yaml=None)), ctx)
+
+
+CKPT_ROWS = [
+    Row("truncated-checkpoint", _truncated_ckpt, r"truncated\.pt cannot be read .*is the file complete"),
+    Row("not-a-medseg-checkpoint", _foreign_ckpt, r"foreign\.pt is not a medseg checkpoint"),
+    Row("weights-of-another-model", _weights_of_another_model, r"edited\.pt: its weights do not fit its own model"),
+    Row("fine-tune-from-another-model", _fine_tune_another_model, r"best\.pt holds weights of another network .*UNet"),
+    Row("resume-another-model", _resume_another_model, r"best\.pt: .* has shape .* but the model has"),
+    Row("checkpoint-without-config", _config_not_yaml, r"edited\.pt holds no config"),
+    Row(
+        "crafted-copyfile",
+        _crafted_nested("shutil.copyfile", src="{best}", dst="{marker}"),
+        r"crafted\.pt asks to build objects inside its model config \(model\.dropout\._target_\)",
+        check=_no_marker,
+    ),
+    Row(
+        "crafted-open",
+        _crafted_nested("builtins.open", file="{marker}", mode="w"),
+        r"model\.dropout\._target_",
+        check=_no_marker,
+    ),
+    Row(
+        "crafted-touch",
+        _crafted_nested("pathlib.Path.touch", self="{marker}"),
+        r"model\.dropout\._target_",
+        check=_no_marker,
+    ),
+    Row("crafted-deep-in-a-list", _crafted_deep, r"model\.channels\[1\]\.x\._target_", check=_no_marker),
+    Row(
+        "crafted-top-level-target",
+        _crafted_top_level,
+        r"names model 'shutil\.copyfile', which medseg does not build",
+        check=_no_marker,
+    ),
+    Row("crafted-partial", _crafted_partial, r"model\._partial_"),
+    Row("crafted-pickle", _crafted_pickle, r"pickled\.pt holds Python objects other than tensors", check=_no_marker),
+]
+
+
+# ------------------------------------------------------------------ the rows: study storage
+class FakePostgres:
+    """A socket that speaks just enough of the PostgreSQL protocol to ask for a cleartext password,
+    record it and refuse the login: it shows the real password reaches the driver (no PostgreSQL here)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.passwords: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self._session(conn)
+                except (OSError, struct.error):
+                    pass
+
+    def _session(self, conn: socket.socket) -> None:
+        while True:
+            (length,) = struct.unpack("!i", _recv(conn, 4))
+            body = _recv(conn, length - 4)
+            code = struct.unpack("!i", body[:4])[0]
+            if code in (80877103, 80877104):  # SSLRequest / GSSENCRequest: not offered
+                conn.sendall(b"N")
+                continue
+            break  # the startup message
+        conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+        kind = _recv(conn, 1)
+        (length,) = struct.unpack("!i", _recv(conn, 4))
+        if kind == b"p":
+            self.passwords.append(_recv(conn, length - 4).rstrip(b"\0").decode())
+        fields = b'SFATAL\0C28P01\0Mpassword authentication failed for user "alice"\0\0'
+        conn.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _recv(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+def _sweep(ctx: Ctx, url: str) -> list[str]:
+    return ["-m", "hparams_search=optuna", f"hydra.sweeper.storage={url}", f"hydra.sweep.dir={ctx.tmp}/sweep", *RUN]
+
+
+def _storage_driver_missing(ctx: Ctx) -> list[str]:
+    return _sweep(ctx, f"mysql://alice:{PASSWORD}@127.0.0.1:1/optuna")
+
+
+def _storage_unreachable(ctx: Ctx) -> list[str]:
+    pytest.importorskip("psycopg2")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return _sweep(ctx, f"postgresql://alice:{PASSWORD}@127.0.0.1:{port}/optuna")
+
+
+def _storage_refuses_login(ctx: Ctx) -> list[str]:
+    pytest.importorskip("psycopg2")
+    server = FakePostgres()
+    ctx.cleanup.append(server.close)
+    ctx.server = server
+    return _sweep(ctx, f"postgresql://alice:{PASSWORD}@127.0.0.1:{server.port}/optuna")
+
+
+def _password_reached_the_server(ctx: Ctx, outcome: Outcome) -> None:
+    _no_password(ctx, outcome)
+    assert PASSWORD in ctx.server.passwords
+
+
+STORAGE_ROWS = [
+    Row(
+        "storage-driver-missing",
+        _storage_driver_missing,
+        r"hydra\.sweeper\.storage=mysql://alice:\*\*\*@127\.0\.0\.1:1/optuna needs the database driver 'MySQLdb'"
+        r".*pip install mysqlclient",
+        check=_no_password,
+    ),
+    Row(
+        "storage-unreachable",
+        _storage_unreachable,
+        r"postgresql://alice:\*\*\*@127\.0\.0\.1:\d+/optuna: cannot connect to the database server at 127\.0\.0\.1:\d+",
+        check=_no_password,
+    ),
+    Row(
+        "storage-login-refused",
+        _storage_refuses_login,
+        r"cannot connect to the database server at 127\.0\.0\.1:\d+ .*password authentication failed",
+        check=_password_reached_the_server,
+    ),
+]
+
+ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORAGE_ROWS
+
+
+def test_the_suite_has_enough_rows() -> None:
+    assert len(ROWS) >= 25
+    assert len({r.id for r in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=r.marks) for r in ROWS])
+def test_bad_input(row: Row, entry, finished, cache_dir: Path, tmp_path: Path) -> None:
+    run, msd, image = finished
+    ctx = Ctx(tmp=tmp_path, run=run, msd=msd, image=image)
+    before = snapshot(run)
+    try:
+        args = row.setup(ctx)
+        outcome = call_entry(entry, _in_run(run, args), cache_dir)
+    finally:
+        for close in ctx.cleanup:
+            close()
+    assert_one_line_error(outcome, row.expect)
+    if row.config_error:
+        assert "├──" not in outcome.out, "the config tree was printed before the config error"
+    if row.check is not None:
+        row.check(ctx, outcome)
+    assert snapshot(run) == before, "the finished run's checkpoints or history changed"
+
+
+def _in_run(run: Path, args: list[str]) -> list[str]:
+    """Options (-m) first, then the finished run as hydra.run.dir, then the row's overrides."""
+    options = [a for a in args if a.startswith("-")]
+    return [*options, f"hydra.run.dir={run}", *(a for a in args if not a.startswith("-"))]
+
+
+def assert_one_line_error(outcome: Outcome, expect: str) -> None:
+    import re
+
+    text = outcome.out + outcome.err
+    assert "Traceback" not in text, text[-3000:]
+    assert outcome.code == 2, text[-3000:]
+    lines = [line for line in outcome.err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("medseg: error: ")]
+    assert len(errors) == 1, outcome.err[-3000:]
+    assert re.search(expect, errors[0]), errors[0]
+
+
+@pytest.mark.slow
+def test_rows_agree_with_a_real_process(finished, cache_dir: Path, tmp_path: Path) -> None:
+    """The same exit code and line from `python run.py` as a process, for a config, a file and a checkpoint row."""
+    run, msd, image = finished
+    ctx = Ctx(tmp=tmp_path, run=run, msd=msd, image=image)
+    before = snapshot(run)
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    for row_id in ("batch-size-negative", "crafted-copyfile"):
+        row = next(r for r in ROWS if r.id == row_id)
+        args = row.setup(ctx)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *_in_run(run, args)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert_one_line_error(Outcome(proc.returncode, proc.stdout, proc.stderr), row.expect)
+        if row.check is not None:
+            row.check(ctx, Outcome(proc.returncode, proc.stdout, proc.stderr))
+    assert snapshot(run) == before

@@ -1,0 +1,232 @@
+"""report.html: a run's and a sweep's report, opened in headless Chromium the way a reader opens them.
+
+The browser checks skip only when chromium is absent (CI installs it: .ci/run). Screenshots are kept
+in the test's tmp folder (report_run.png, report_eval.png, report_sweep.png).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.browser import CHROMIUM
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+FAST_SWEEP = [
+    "data.synthetic.num_cases=6",
+    "data.synthetic.shape=[32,32,8]",
+    "data.batch_size=4",
+    "data.val_percent=34",
+    "trainer.max_epochs=2",
+    "trainer.progress_bar=false",
+    "logger=none",
+    "print_config=false",
+]
+
+ROWS_JS = "Array.from(document.querySelectorAll('#{} tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))"
+TRACES_JS = "document.querySelectorAll('#{} .main-svg .trace').length"
+
+
+def open_offline(page, path: Path, shot: Path, plots: list[str]) -> None:
+    """Open `path`; assert the page drew `plots`, made no request and logged no error; take a screenshot."""
+    page.log.clear()
+    page.open(path)
+    for div in plots:
+        assert page.wait_until(TRACES_JS.format(div)), f"{div} drew nothing"
+    assert page.wait_until("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    requests = [u for u in page.requests() if not u.startswith("data:")]
+    assert requests == [path.resolve().as_uri()], requests  # the file itself and nothing else
+    assert page.problems() == []
+    page.screenshot(shot)
+    assert shot.stat().st_size > 10_000
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def loaded_from(html: str) -> list[str]:
+    """What the page's tags would load (src of script/img/iframe, href of link): must be nothing."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            for name, value in attrs:
+                if (tag, name) in {("script", "src"), ("img", "src"), ("iframe", "src"), ("link", "href")}:
+                    if not str(value).startswith("data:"):
+                        found.append(f"{tag} {value}")
+
+    Tags().feed(html)
+    return found
+
+
+# ---------------------------------------------------------------- a run and its evaluation
+@pytest.mark.slow
+@needs_chromium
+def test_run_and_evaluate_reports_open_offline_with_curves_tables_and_overlays(compose, tmp_path: Path) -> None:
+    from medseg.tasks.evaluate import run_evaluate
+    from medseg.tasks.train import run_train
+    from tests.browser import Page
+
+    run = tmp_path / "run"
+    run_train(compose("trainer.max_epochs=2", output_dir=run))
+    assert (run / "report.html").is_file()  # written at the end of training
+    manifest = json.loads((run / "report_overlays" / "overlays.json").read_text())
+    assert [o["role"] for o in manifest["overlays"]] == ["best", "worst"]  # 2 validation cases
+    ev = tmp_path / "eval"
+    run_evaluate(compose("mode=evaluate", f"ckpt={run}/checkpoints/best.pt", output_dir=ev))
+    assert (ev / "report.html").is_file()  # written at the end of evaluate
+
+    history = json.loads((run / "history.json").read_text())
+    names = json.loads((run / "label_map.json").read_text())
+    per_case: dict[str, list[float]] = {}
+    for r in read_csv(ev / "metrics.csv"):
+        if r["dice"]:
+            per_case.setdefault(r["case"], []).append(float(r["dice"]))
+    expected_cases = sorted((float(np.mean(v)), c) for c, v in per_case.items())  # worst first
+
+    with Page() as page:
+        open_offline(page, run / "report.html", tmp_path / "report_run.png", ["curves-plot"])
+        assert page.evaluate("document.querySelectorAll('#curves-plot .main-svg .trace').length") >= 6
+        classes = page.evaluate(ROWS_JS.format("class-table"))
+        last = history[-1]
+        assert [row[0] for row in classes] == [names[k] for k in sorted(names, key=int)][1:]
+        for row in classes:
+            assert row[1] == f"{last[f'val/dice/{row[0]}']:.4f}"
+            assert row[2] == f"{last[f'val/iou/{row[0]}']:.4f}"
+        assert page.evaluate("document.querySelectorAll('.overlays img').length") == 2
+        captions = page.evaluate(
+            "Array.from(document.querySelectorAll('.overlays figcaption')).map(c => c.textContent)"
+        )
+        assert [c.split(":")[0] for c in captions] == ["best", "worst"]
+        assert all(o["case"] in c for o, c in zip(manifest["overlays"], captions))
+
+        open_offline(page, ev / "report.html", tmp_path / "report_eval.png", ["curves-plot"])
+        cases = page.evaluate(ROWS_JS.format("case-table"))
+        assert [row[0] for row in cases] == [c for _, c in expected_cases]
+        assert [row[1] for row in cases] == [f"{d:.4f}" for d, _ in expected_cases]
+        # the tables sort by a click on a column title
+        page.evaluate("document.querySelector('#case-table th:nth-child(2)').click()")
+        page.evaluate("document.querySelector('#case-table th:nth-child(2)').click()")
+        assert [row[0] for row in page.evaluate(ROWS_JS.format("case-table"))] == [c for _, c in expected_cases][::-1]
+
+
+def test_mode_report_redraws_a_run_report_from_its_checkpoint(compose, tmp_path: Path) -> None:
+    from medseg.app import main
+    from medseg.tasks.train import run_train
+
+    run = tmp_path / "run"
+    run_train(compose("report.enabled=false", output_dir=run))
+    assert not (run / "report.html").exists() and not (run / "report_overlays").exists()
+    out = tmp_path / "copy" / "page.html"
+    main(compose("mode=report", f"ckpt={run}/checkpoints/best.pt", f"report.output={out}"))
+    html = out.read_text()
+    assert "Training curves" in html and loaded_from(html) == []
+    assert html.count("* plotly.js v") == 1  # the bundle inlined once
+
+
+def test_mode_report_needs_a_folder_or_checkpoint(compose, tmp_path: Path) -> None:
+    from medseg.app import main
+    from medseg.errors import ConfigError, MedsegError
+
+    with pytest.raises(ConfigError, match="report.path"):
+        main(compose("mode=report"))
+    with pytest.raises(MedsegError, match="holds no history.json"):
+        main(compose("mode=report", f"report.path={tmp_path}"))
+    with pytest.raises(MedsegError, match="is not a folder"):
+        main(compose("mode=report", f"report.path={tmp_path}/missing"))
+
+
+# ---------------------------------------------------------------- sweeps
+@pytest.mark.slow
+@needs_chromium
+def test_optuna_sweep_report_lists_trials_importance_and_links(run_cli, tmp_path: Path) -> None:
+    from tests.browser import Page
+
+    params = 'hydra.sweeper.params={optimizer.lr: "tag(log, interval(1e-4, 1e-2))", data.batch_size: "choice(2, 4)"}'
+    run_cli("hydra.mode=MULTIRUN", "hparams_search=optuna", "hydra.sweeper.n_trials=2", params, *FAST_SWEEP, check=True)
+    sweep = tmp_path / "multirun"
+    trials = read_csv(sweep / "trials.csv")
+    assert (sweep / "report.html").is_file()  # written at the end of the multirun
+    with Page() as page:
+        open_offline(page, sweep / "report.html", tmp_path / "report_sweep.png", ["importance-plot", "trials-plot"])
+        assert page.evaluate("document.querySelectorAll('#parallel-plot canvas.gl-canvas').length") == 3
+        rows = page.evaluate(ROWS_JS.format("trial-table"))
+        assert [r[0] for r in rows] == [t["number"] for t in trials]
+        assert [r[1] for r in rows] == ["complete", "complete"]
+        assert [r[2] for r in rows] == [f"{float(t['value']):.4f}" for t in trials]
+        params = [k for k in trials[0] if k.startswith("params_")]
+        bars = page.evaluate("document.querySelectorAll('#importance-plot .bars path').length")
+        assert bars == len(params)  # one bar per parameter, from Optuna's evaluator
+        axes = page.evaluate(
+            "Array.from(document.querySelectorAll('#parallel-plot .axis-title')).map(a => a.textContent)"
+        )
+        assert sorted(axes) == sorted([p[len("params_") :] for p in params] + ["val/dice"])
+        links = page.evaluate(
+            "Array.from(document.querySelectorAll('#trial-table a')).map(a => a.getAttribute('href'))"
+        )
+        assert links == ["0/report.html", "1/report.html"]
+        assert all((sweep / link).is_file() for link in links)
+        best = max(trials, key=lambda t: float(t["value"]))
+        assert page.evaluate("document.querySelector('#trial-table tr.best td').textContent") == best["number"]
+
+
+@pytest.mark.slow
+def test_plain_multirun_report_names_the_failed_job_and_its_reason(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("hydra.mode=MULTIRUN", "optimizer.lr=0.001,-1.0", *FAST_SWEEP, "trainer.max_epochs=1")
+    assert proc.returncode != 0  # Hydra's basic sweeper stops at the failed job: no report at its end
+    sweep = tmp_path / "multirun"
+    run_cli("mode=report", f"report.path={sweep}", check=True)
+    html = (sweep / "report.html").read_text()
+    assert "Hydra multirun · objective val/dice" in html and "Optuna study train" not in html
+    assert "Invalid learning rate: -1.0" in html  # the failure reason from the job's run.log
+    assert 'href="0/report.html"' in html and 'href="1/report.html"' not in html
+    assert 'id="trials-plot"' in html
+
+
+# ---------------------------------------------------------------- pieces
+def test_case_dice_follows_the_validation_contract() -> None:
+    from medseg.report.overlays import case_dice
+
+    truth = np.array([[0, 1, 1, 2], [0, 0, 0, 0]])
+    pred = np.array([[0, 1, 0, 0], [3, 0, 0, 0]])
+    # class 1: 2*1/(2+0+1) = 2/3; class 2: missed, 0; class 3: predicted where absent, 0; class 4: absent, NaN
+    assert case_dice(truth, pred, 5) == pytest.approx(np.mean([2 / 3, 0.0, 0.0]))
+    assert math.isnan(case_dice(np.zeros((3, 3)), np.zeros((3, 3)), 3))
+
+
+def test_best_median_worst_are_distinct_cases() -> None:
+    from medseg.report.overlays import pick_roles
+
+    assert pick_roles({"a": 0.9, "b": 0.2, "c": 0.5, "d": float("nan")}) == [
+        ("best", "a", 0.9),
+        ("median", "c", 0.5),
+        ("worst", "b", 0.2),
+    ]
+    assert [r for r, _, _ in pick_roles({"a": 0.9, "b": 0.2})] == ["best", "worst"]
+    assert [r for r, _, _ in pick_roles({"a": 0.9})] == ["best"]
+
+
+def test_labelled_figure_is_readable_and_has_a_legend_of_the_classes_shown() -> None:
+    from medseg.engine.image_panels import PRED_ONLY, labelled_figure
+    from medseg.inference.image_io import PALETTE
+
+    truth = np.zeros((16, 16), dtype=np.int64)
+    truth[4:8, 4:8] = 5
+    pred = np.zeros_like(truth)
+    names = ["background", "liver", "spleen", "kidney", "aorta", "pancreas"]
+    fig = labelled_figure([(np.random.rand(16, 16), truth, pred)], ["slice 3"], names)
+    assert fig.shape[1] >= 4 * 256  # 16 px tiles enlarged to 256 px
+    legend = fig[-40:].reshape(-1, 3)  # the legend: a swatch for pancreas (5) and the comparison colours
+    colours = {tuple(int(v) for v in c) for c in np.unique(legend, axis=0)}
+    assert tuple(int(v) for v in PALETTE[5]) in colours and PRED_ONLY in colours
+    assert tuple(int(v) for v in PALETTE[4]) not in colours  # aorta is not shown, so not in the legend
