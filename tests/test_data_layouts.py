@@ -222,6 +222,7 @@ def test_train_3d_patches_with_sliding_window_validation(compose, monkeypatch) -
         "data.samples_per_volume=2",
         "data.batch_size=2",
         "trainer.log_images_every_n_epochs=0",  # image panels would add their own windowed passes
+        "report.enabled=false",  # and so would the report's overlays
     )
     # validation ran whole 32x32x8 volumes through 16x16x8 windows, one call per validation volume
     assert windows == [((32, 32, 8), (16, 16, 8))] * 2

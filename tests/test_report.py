@@ -188,7 +188,7 @@ def test_plain_multirun_report_names_the_failed_job_and_its_reason(run_cli, tmp_
     run_cli("mode=report", f"report.path={sweep}", check=True)
     html = (sweep / "report.html").read_text()
     assert "Hydra multirun · objective val/dice" in html and "Optuna study train" not in html
-    assert "Invalid learning rate: -1.0" in html  # the failure reason from the job's run.log
+    assert "optimizer.lr=-1.0 must be &gt; 0" in html or "optimizer.lr=-1.0 must be > 0" in html  # from run.log
     assert 'href="0/report.html"' in html and 'href="1/report.html"' not in html
     assert 'id="trials-plot"' in html
 

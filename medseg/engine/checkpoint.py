@@ -30,7 +30,7 @@ def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-        if "Weights only load failed" in str(exc):  # the file names Python callables, not only tensors
+        if "GLOBAL" in str(exc):  # the weights-only unpickler met a Python callable, not only tensors
             raise CheckpointError(
                 f"checkpoint {path} holds Python objects other than tensors and plain data; medseg does not"
                 " load them (a medseg checkpoint never does; the file may be crafted)"
