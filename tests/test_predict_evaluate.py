@@ -141,3 +141,42 @@ def test_benchmark_json_has_its_fields(compose, tmp_path):
     ):
         assert result[key] is not None, key
     assert result["peak_memory_mb"] > 0 and result["train_samples_per_s"] > 0
+
+
+def test_evaluate_on_the_validation_split_reads_the_case_store(compose, trained, tmp_path, monkeypatch):
+    """Evaluate decodes no image or label of the validation split (training stored them) and scores the
+    same as reading the files again."""
+    import csv
+
+    from monai.data import NibabelReader
+
+    import medseg.tasks.evaluate as evaluate
+    from medseg.inference.labelled_cases import evaluation_cases
+
+    decoded = {"n": 0}
+    real = NibabelReader.read
+
+    def counted(self, *args, **kwargs):
+        decoded["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(NibabelReader, "read", counted)
+    evaluate.run_evaluate(compose("mode=evaluate", f"ckpt={trained}", output_dir=tmp_path / "stored"))
+    assert decoded["n"] == 0
+
+    def without_store(*args, **kwargs):
+        return (*evaluation_cases(*args, **kwargs)[:3], None)
+
+    monkeypatch.setattr(evaluate, "evaluation_cases", without_store)
+    evaluate.run_evaluate(compose("mode=evaluate", f"ckpt={trained}", output_dir=tmp_path / "files"))
+    assert decoded["n"] >= 4  # image and label of both validation cases
+
+    def rows(folder):
+        with open(folder / "metrics.csv") as f:
+            return list(csv.DictReader(f))
+
+    stored, files = rows(tmp_path / "stored"), rows(tmp_path / "files")
+    assert [(r["case"], r["class"]) for r in stored] == [(r["case"], r["class"]) for r in files]
+    for a, b in zip(stored, files):
+        for key in ("dice", "iou", "hd95"):
+            assert (a[key] == b[key] == "") or float(a[key]) == pytest.approx(float(b[key]), abs=1e-6)

@@ -3,6 +3,8 @@
 `evaluation_cases` decides where the images and labels come from (the checkpoint's validation split,
 or a labelled folder given by evaluate.input); `load_case` reads one case through the training
 run's own volume chain and refuses what cannot be scored honestly, naming the file or the case.
+The validation split is read from the training data's case store (built where missing), so its images
+are not decoded again; `load_stored_case` reads a case from there.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -32,13 +35,16 @@ class LabelledCase:
 
 def evaluation_cases(
     evaluate_input: str | None, data_cfg: Any, cache_dir: str, seed: int, class_names: list[str]
-) -> tuple[str, Any, list[dict[str, Any]]]:
-    """(source description, data config to read them with, cases) for mode=evaluate."""
+) -> tuple[str, Any, list[dict[str, Any]], Any]:
+    """(source description, data config to read them with, cases, case store or None) for mode=evaluate."""
     if not evaluate_input:
-        cases = read_cases(data_cfg, cache_dir).cases
-        _, val = split_cases(cases, data_cfg, seed)
+        from medseg.data.store import open_store
+
+        caseset = read_cases(data_cfg, cache_dir)
+        _, val = split_cases(caseset.cases, data_cfg, seed)
         check_files(val, "validation")
-        return "validation split", data_cfg, val
+        store = open_store(data_cfg, cache_dir, val, caseset.root)  # the training run's store: built once
+        return "validation split", data_cfg, val, store
     root = Path(str(evaluate_input)).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -55,7 +61,34 @@ def evaluation_cases(
     except DataError as exc:  # the layout readers speak of data.root; the user typed evaluate.input
         raise DataError(str(exc).replace(f"data.root={root}", f"evaluate.input={root}")) from None
     check_files(cases, "evaluation")
-    return str(root), data_cfg, cases
+    return str(root), data_cfg, cases, None
+
+
+def load_stored_case(
+    store: Any, case: dict[str, Any], data_cfg: Any, label_chain: Any, channels: int, num_classes: int
+) -> LabelledCase:
+    """One validation case from the case store: the image as training saw it, the label on its own grid.
+
+    The stored label is the truth when the chain keeps the original grid (no spacing, size or scale
+    change); otherwise the label file is read again, since metrics are taken on the original grid.
+    """
+    meta = store.meta(case["id"])
+    if "error" in meta:
+        raise DataError(f"case {case['id']}: {meta['error']}; fix or remove the file")
+    image = torch.from_numpy(np.asarray(store.image(case["id"])[...])).float()
+    same_grid = not data_cfg.spacing and not data_cfg.image_size and float(data_cfg.scale) == 1.0
+    if not same_grid:
+        return load_case(case, lambda item: {"image": image}, label_chain, channels, num_classes)
+    truth = torch.from_numpy(np.asarray(store.label(case["id"])[0]).astype(np.int16))
+    if int(image.shape[0]) != channels:
+        raise DataError(f"case {case['id']}: {image.shape[0]} channel(s) but the model expects {channels}")
+    high = int(meta.get("check", {}).get("label_max", 0))
+    if high >= num_classes:
+        raise DataError(
+            f"case {case['id']}: label values up to {high} are outside the model's classes 0..{num_classes - 1} "
+            f"({_first(case['label'])}); evaluate with labels of the same classes"
+        )
+    return LabelledCase(case["id"], image, truth, voxel_spacing(case, truth.ndim))  # header only: cheap
 
 
 def load_case(

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from medseg.data.transforms import label_transforms, volume_transforms
 from medseg.inference.case_metrics import class_scores
-from medseg.inference.labelled_cases import evaluation_cases, load_case
+from medseg.inference.labelled_cases import evaluation_cases, load_case, load_stored_case
 from medseg.inference.predictor import VolumePredictor, context_slices
 from medseg.inference.scores_summary import log_summary, summarise, write_results
 from medseg.precision import resolve_precision
@@ -46,7 +46,7 @@ def run_evaluate(cfg: DictConfig) -> float | None:
     restored = restore_model(cfg.ckpt, device)
     tcfg = restored.cfg
     names, k = restored.class_names, restored.num_classes
-    source, data_cfg, cases = evaluation_cases(
+    source, data_cfg, cases, store = evaluation_cases(
         cfg.evaluate.input, tcfg.data, str(tcfg.paths.cache_dir), int(tcfg.seed), names
     )
     predictor = VolumePredictor(
@@ -66,7 +66,10 @@ def run_evaluate(cfg: DictConfig) -> float | None:
     overlays: dict[str, tuple[np.ndarray, ...]] = {}
     spacings: set[bool] = set()
     for case in cases:
-        item = load_case(case, image_chain, label_chain, channels, k)
+        if store is not None:
+            item = load_stored_case(store, case, data_cfg, label_chain, channels, k)
+        else:
+            item = load_case(case, image_chain, label_chain, channels, k)
         pred = predictor.labels(item.image, tuple(item.truth.shape), threshold)
         scores = class_scores(pred, item.truth, k, bool(cfg.evaluate.hd95), item.spacing)
         rows += [{"case": item.id, "class": names[c], **s} for c, s in enumerate(scores, start=1)]
