@@ -215,8 +215,10 @@ def test_demo_run_is_quiet_and_its_next_commands_and_readme_predict_work(tmp_pat
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_wandb_banner_only_when_asked(tmp_path, capfd, verbose):
+def test_wandb_banner_only_when_asked(tmp_path, capfd, monkeypatch, verbose):
     from medseg.tracking.wandb_tracker import WandbTracker
+
+    monkeypatch.delenv("WANDB_SILENT", raising=False)  # CI exports it; here the setting alone decides
 
     tracker = WandbTracker(run_dir=str(tmp_path), mode="offline", verbose=verbose)
     tracker.log_config({"mode": "train"}, {})

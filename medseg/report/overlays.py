@@ -90,18 +90,18 @@ def write_validation_overlays(
         return []
     order = sorted(groups)
     chosen = sorted({order[int(i)] for i in np.linspace(0, len(order) - 1, min(max_cases, len(order))).round()})
-    volumes, scores = {}, {}
-    for case in chosen:
+    shown, scores = {}, {}
+    for case in chosen:  # one case in memory at a time; only the slices a page could show are kept
         name = case_ids[case] if case < len(case_ids) else f"case {case}"
         image, truth, pred, axis = _predict_case(model, dataset, groups[case], inferer, device, precision, slice_axis)
-        volumes[name] = (image, truth, pred, axis)
         scores[name] = case_dice(truth, pred, len(class_names))
+        picks = display_slices(truth, pred, axis, slices) if truth.ndim == 3 else [None]
+        shown[name] = (picks, axis, [_cut(image, truth, pred, axis, s) for s in picks])
+        del image, truth, pred
     manifest = []
     folder = out / FOLDER
     for role, name, dice in pick_roles(scores):
-        image, truth, pred, axis = volumes[name]
-        picks = display_slices(truth, pred, axis, slices) if truth.ndim == 3 else [None]
-        rows = [_cut(image, truth, pred, axis, s) for s in picks]
+        picks, axis, rows = shown[name]
         labels = [f"slice {s} (axis {axis})" if s is not None else "" for s in picks]
         heading = f"{role} validation case: {name} · Dice {dice:.3f}"
         file = f"{role}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
