@@ -184,7 +184,7 @@ class CaseStore:
 
     def array(self, case_id: str, part: str) -> Any:
         """The memory-mapped blosc2 array `image` or `label` of a case (index it to read)."""
-        import blosc2
+        blosc2 = _blosc2()
 
         if os.getpid() != self._pid:  # a forked worker: handles of the parent are not ours
             self._handles, self._pid = OrderedDict(), os.getpid()
@@ -453,8 +453,16 @@ def chunks_for(shape: tuple[int, ...], plan: str) -> tuple[tuple[int, ...], tupl
     return chunks, blocks
 
 
-def _write_array(path: Path, array: np.ndarray, plan: str) -> None:
+def _blosc2() -> Any:
+    """blosc2, without the thread-count notice its numexpr import logs to every run's console."""
+    logging.getLogger("numexpr.utils").setLevel(logging.WARNING)
     import blosc2
+
+    return blosc2
+
+
+def _write_array(path: Path, array: np.ndarray, plan: str) -> None:
+    blosc2 = _blosc2()
 
     chunks, blocks = chunks_for(array.shape, plan)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
