@@ -25,39 +25,65 @@ def _sweep_curve(lrs, seed=0, noise=0.03):
     return list(exact + rng.normal(0, noise, len(lrs))), exact
 
 
-def test_suggestion_is_the_steepest_descent_of_the_loss():
+def _floor_start(lrs, exact):
+    """Where the noiseless curve first comes within 10 % of its whole fall from its lowest value."""
+    low = int(np.argmin(exact))
+    fall = exact[: low + 1].max() - exact[low]
+    return lrs[int(np.argmax(exact[: low + 1] <= exact[low] + 0.1 * fall))]
+
+
+def test_suggestion_is_a_tenth_of_where_the_loss_reaches_its_floor():
     lrs = list(np.logspace(-7, 0, 100))
     losses, exact = _sweep_curve(lrs)
     got = suggest_lr(lrs, losses)
-    assert got["suggestion"] == pytest.approx(1e-3, rel=0.5)
-    assert got["loss_min_lr"] > got["suggestion"]  # found on the falling part, before the loss bottoms out
+    floor = _floor_start(lrs, exact)
+    assert got["floor_lr"] == pytest.approx(floor, rel=0.5)
+    assert got["suggestion"] == pytest.approx(got["floor_lr"] / 10)
+    assert got["suggestion"] < 1e-3 < got["floor_lr"] < got["loss_min_lr"]  # below the steepest descent
+    assert not got["still_falling"]
 
 
 def test_running_average_lag_does_not_move_the_suggestion():
-    """The sweep's running average (smoothing 0.98) trails the loss by ~50 steps: its steepest slope sits
-    near where the raw loss bottoms out. The rule reads a centred average, which does not lag."""
+    """The sweep's running average (smoothing 0.98) trails the loss by ~50 steps: read on it, the floor
+    begins several-fold later. The rule reads a centred average, which does not lag."""
     lrs = list(np.logspace(-7, 0, 100))
-    losses, _ = _sweep_curve(lrs)
+    losses, exact = _sweep_curve(lrs)
     avg, running = 0.0, []
     for step, value in enumerate(losses):
         avg = 0.98 * avg + 0.02 * value
         running.append(avg / (1 - 0.98 ** (step + 1)))
-    x = np.log10(lrs)
-    lagged = lrs[int(np.argmin(np.gradient(running, x)))]
+    lagged = _floor_start(lrs, np.asarray(running))
     got = suggest_lr(lrs, losses)
-    assert lagged > 5 * got["suggestion"]  # the old reading: several-fold too high
-    assert got["suggestion"] == pytest.approx(1e-3, rel=0.5)
+    assert lagged > 3 * got["floor_lr"]
+    assert got["floor_lr"] == pytest.approx(_floor_start(lrs, exact), rel=0.5)
 
 
 def test_suggestion_is_steady_when_the_loss_ends_in_a_noisy_floor():
-    """When the loss flattens instead of diverging, its minimum wanders along the floor from run to run;
-    the steepest descent does not."""
+    """When the loss flattens instead of diverging, its lowest point wanders along the floor from run to
+    run; where the floor begins does not."""
     lrs = list(np.logspace(-7, 0, 100))
+    floor = _floor_start(lrs, _sweep_curve(lrs)[1])
     runs = [suggest_lr(lrs, _sweep_curve(lrs, seed=s, noise=0.05)[0]) for s in range(6)]
     suggestions = [r["suggestion"] for r in runs]
     minima = [r["loss_min_lr"] for r in runs]
-    assert all(1e-3 / 2.5 < s < 1e-3 * 2.5 for s in suggestions)  # the true steepest point is 1e-3
-    assert max(minima) / min(minima) > max(suggestions) / min(suggestions)
+    assert all(floor / 10 / 2 < s < floor / 10 * 2 for s in suggestions)
+    assert max(minima) / min(minima) > 3 * max(suggestions) / min(suggestions)
+
+
+def test_a_loss_still_falling_at_max_lr_is_flagged(compose, tmp_path, caplog):
+    lrs = list(np.logspace(-7, -3, 60))  # the curve above, cut before its floor
+    got = suggest_lr(lrs, _sweep_curve(lrs, noise=0.0)[0])
+    assert got["still_falling"] and got["suggestion"] is not None
+
+    from medseg.app import main
+
+    # Adam from 1e-4 to 3e-2 on the tiny data: the loss falls all the way
+    cfg = compose("mode=lr_find", "lr_find.num_steps=30", "lr_find.min_lr=1e-4", "lr_find.max_lr=3e-2")
+    with caplog.at_level(logging.INFO, logger="medseg.tasks.lr_find"):
+        main(cfg)
+    data = json.loads((tmp_path / "run" / "lr_find.json").read_text())
+    assert data["still_falling"]
+    assert "still falling at lr_find.max_lr=3.00e-02" in caplog.text
 
 
 def test_no_suggestion_when_the_loss_never_falls_or_too_few_steps_ran():
@@ -68,6 +94,7 @@ def test_no_suggestion_when_the_loss_never_falls_or_too_few_steps_ran():
     falling = list(np.linspace(2.0, 1.0, 20)) + [float("nan")] * 10
     got = suggest_lr(lrs, falling)
     assert got["loss_min_lr"] is not None and got["loss_min_lr"] <= lrs[19]
+    assert got["still_falling"]  # the loss fell until the sweep broke off
 
 
 def _regression_batches():
@@ -97,8 +124,45 @@ def test_range_test_sweeps_exponentially_and_stops_on_divergence():
     ratios = lrs[1:] / lrs[:-1]
     assert np.allclose(ratios, ratios[0])  # a constant factor per step: exponential
     assert result["diverged"] and result["steps"] < 60  # SGD on MSE blows up well before lr = 100
-    assert 1e-4 <= result["suggestion"] <= result["loss_min_lr"] <= lrs[-1]
+    assert 1e-4 <= result["suggestion"] < result["floor_lr"] <= result["loss_min_lr"] <= lrs[-1]
     assert min(result["smoothed"]) < result["smoothed"][0]  # the loss fell before it diverged
+
+
+def test_each_sweep_step_is_one_optimizer_step_over_the_accumulated_micro_batches():
+    """With trainer.accumulate_grad_batches=3 a sweep step uses 3 micro-batches and equals one step on
+    their concatenation: the sweep sees the gradient noise of the batch training steps on."""
+    source = _regression_batches()
+    micro = [next(source) for _ in range(6)]
+    torch.manual_seed(0)
+    swept, reference = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    reference.load_state_dict(swept.state_dict())
+    result = lr_range_test(
+        swept,
+        torch.nn.functional.mse_loss,
+        torch.optim.SGD(swept.parameters(), lr=1.0),
+        iter(micro),
+        device=torch.device("cpu"),
+        precision=FP32,
+        min_lr=0.05,
+        max_lr=0.1,
+        num_steps=2,
+        accumulate=3,
+    )
+    optimizer = torch.optim.SGD(reference.parameters(), lr=1.0)
+    losses = []
+    for step, lr in enumerate((0.05, 0.1)):
+        group = micro[3 * step : 3 * step + 3]
+        x, y = torch.cat([b["image"] for b in group]), torch.cat([b["label"] for b in group])
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(reference(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert result["steps"] == 2 and result["lrs"] == pytest.approx([0.05, 0.1])
+    assert result["losses"] == pytest.approx(losses, rel=1e-5)
+    for a, b in zip(swept.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
 
 
 def test_lr_find_mode_writes_plot_and_json(compose, tmp_path, caplog):
@@ -115,7 +179,8 @@ def test_lr_find_mode_writes_plot_and_json(compose, tmp_path, caplog):
     assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert not (run / "checkpoints").exists()  # a range test leaves no weights behind
     assert f"suggested learning rate {suggestion:.2e}" in caplog.text
-    assert data["rule"] in caplog.text and "steepest descent" in data["rule"]
+    assert data["rule"] in caplog.text and "floor" in data["rule"]
+    assert data["suggestion"] == pytest.approx(data["floor_lr"] / 10)
     assert len(data["trend"]) == data["steps"]
 
 

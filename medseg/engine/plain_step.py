@@ -1,12 +1,12 @@
 """One plain optimizer step (autocast, scaled backward, step) for tools outside the Trainer.
 
-lr_find and the benchmarks time or probe a bare step; the Trainer has its own, with accumulation,
-clipping and recovery.
+lr_find and the benchmarks time or probe a bare step; the Trainer has its own, with clipping and
+recovery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,10 +24,27 @@ def plain_train_step(
     labels: torch.Tensor,
 ) -> torch.Tensor:
     """Forward, backward and step on one batch; returns the detached loss (no host sync)."""
+    return accumulated_train_step(model, loss_fn, optimizer, scaler, precision, device, [(images, labels)])
+
+
+def accumulated_train_step(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    device: torch.device,
+    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """One optimizer step on the mean gradient of several micro-batches, as training with
+    trainer.accumulate_grad_batches steps; returns their mean loss, detached (no host sync)."""
     optimizer.zero_grad(set_to_none=True)
-    with precision.autocast(device):
-        loss = loss_fn(model(images), labels)
-    scaler.scale(loss).backward()
+    total = torch.zeros((), device=device)
+    for images, labels in micro_batches:
+        with precision.autocast(device):
+            loss = loss_fn(model(images), labels) / len(micro_batches)
+        scaler.scale(loss).backward()
+        total += loss.detach().float()
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return total
