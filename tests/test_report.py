@@ -230,3 +230,18 @@ def test_labelled_figure_is_readable_and_has_a_legend_of_the_classes_shown() -> 
     colours = {tuple(int(v) for v in c) for c in np.unique(legend, axis=0)}
     assert tuple(int(v) for v in PALETTE[5]) in colours and PRED_ONLY in colours
     assert tuple(int(v) for v in PALETTE[4]) not in colours  # aorta is not shown, so not in the legend
+
+
+def test_epoch_axes_tick_whole_epochs() -> None:
+    """A 3-epoch run's curves tick 1, 2, 3, not 1.5 and 2.5; a long run keeps plotly's spacing, whole numbers."""
+    from medseg.report.figures import training_curves, trial_curves
+
+    def history(n: int) -> list[dict]:
+        return [{"epoch": e, "train/loss": 1 / e, "val/dice": e / n, "lr": 1e-3} for e in range(1, n + 1)]
+
+    short = training_curves(history(3), 2, "val/dice")
+    assert all(ax.dtick == 1 and ax.tick0 == 1 for ax in short.select_xaxes())
+    long = training_curves(history(50), 40, "val/dice")
+    assert all(ax.dtick is None and ax.tickformat == "d" for ax in long.select_xaxes())
+    trials = trial_curves([{"number": 0, "history": history(3)}], "val/dice")
+    assert trials.layout.xaxis.dtick == 1

@@ -35,7 +35,7 @@ def training_curves(history: list[dict[str, Any]], best_epoch: int | None, monit
                 fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=key, legendgroup=key), row=row, col=col)
         if log_y:
             fig.update_yaxes(type="log", row=row, col=col)
-        fig.update_xaxes(title_text="epoch", row=row, col=col)
+        fig.update_xaxes(title_text="epoch", row=row, col=col, **epoch_ticks(history))
     if best_epoch is not None:
         for k in range(4):
             fig.add_vline(
@@ -67,7 +67,14 @@ def trial_curves(trials: list[dict[str, Any]], key: str) -> Any:
     fig.update_layout(
         height=420, xaxis_title="epoch", yaxis_title=key, template="plotly_white", margin={"t": 30, "b": 40}
     )
+    fig.update_xaxes(**epoch_ticks([r for t in trials for r in t["history"]]))
     return fig
+
+
+def epoch_ticks(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whole-number epoch ticks: plotly's automatic ticks fall on halves (1.5, 2.5) for short runs."""
+    last = max((r["epoch"] for r in records if isinstance(r.get("epoch"), (int, float))), default=0)
+    return {"tick0": 1, "dtick": 1} if last <= 12 else {"tickformat": "d"}
 
 
 def parallel_coordinates(trials: list[dict[str, Any]], params: list[str], objective: str) -> Any | None:
