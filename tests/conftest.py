@@ -28,6 +28,17 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread_per_xdist_worker() -> None:
+    """Under pytest-xdist the workers share the CPUs: one PyTorch thread each (reset before every test,
+    as a run in this process sets its own), because PyTorch's intra-op threads slow down many-fold when
+    another process keeps a CPU busy."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("medseg_cache")
