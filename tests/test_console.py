@@ -160,6 +160,28 @@ def test_benchmark_logs_its_progress_without_a_terminal(compose, tmp_path, caplo
     assert (tmp_path / "run" / "benchmark.json").is_file()
 
 
+def test_a_short_store_build_logs_only_its_summary_and_a_long_one_its_progress(caplog, monkeypatch):
+    """Without a terminal: the demo's store builds in under a second and says so in one line; a build
+    that runs longer than 10 s logs a line per tenth of its cases, so a log file shows how far it got."""
+    from medseg.tasks import progress as progress_module
+    from medseg.tasks.progress import Progress
+
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        with Progress(20, "preprocess", bar=True, log_after_s=10.0) as quick:
+            for _ in range(20):
+                quick.update()
+    assert "preprocess:" not in caplog.text
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        with Progress(20, "preprocess", bar=True, log_after_s=10.0) as slow:
+            for _ in range(20):
+                now[0] += 5.0  # 5 s per case
+                slow.update()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("preprocess:")]
+    assert [m.split(" [")[0] for m in lines] == [f"preprocess: {i}/20" for i in range(2, 21, 2)]
+
+
 # ---------------------------------------------------------------------- a whole first hour, as a user runs it
 
 
@@ -167,7 +189,7 @@ def test_demo_run_is_quiet_and_its_next_commands_and_readme_predict_work(tmp_pat
     """Train as a user does (no run-folder override, wandb on, a GPU preset on this CPU machine), then run
     the predict command the run printed, then the README's predict example, each from the same folder."""
     cache = tmp_path / "cache"
-    tiny = [o for o in TINY if not o.startswith("logger=")]
+    tiny = [o for o in TINY if not o.startswith(("logger=", "trainer.progress_bar="))]  # the user's defaults
     gpu_preset_on_cpu = ["hardware=8gb", "hardware.device=cpu", "trainer.precision=32", "data.batch_size=4"]
     train = _run(_python_run(*tiny, *gpu_preset_on_cpu, "logger=wandb"), tmp_path, cache)
     console = train.stdout + train.stderr
@@ -189,6 +211,7 @@ def test_demo_run_is_quiet_and_its_next_commands_and_readme_predict_work(tmp_pat
         assert console.count("loader workers asked") == 1
     assert "worker processes in total" not in console
     assert "top classes" not in console  # 3 foreground classes
+    assert "%|" not in console  # no tqdm bar drawn into a log (the store build's included)
 
     # the printed next commands: evaluate and predict with this run's best.pt and an existing image
     lines = console.split("next:\n", 1)[1].splitlines()

@@ -263,10 +263,12 @@ class CaseStore:
 
     def _build_all(self, todo: list[dict], data_cfg: Any, workers: int, progress: bool) -> Iterator[tuple[str, bool]]:
         from omegaconf import OmegaConf
-        from tqdm import tqdm
+
+        from medseg.tasks.progress import Progress
 
         cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
-        bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress, leave=False)
+        # a bar on a terminal; in a log, a line per tenth of the cases once the build has run 10 s
+        bar = Progress(len(todo), "preprocess", progress, log_after_s=10.0)
         pool = None
         try:
             if workers > 0 and len(todo) > 1:

@@ -19,8 +19,11 @@ class Progress:
     console still shows that the run is alive and how far it got.
     """
 
-    def __init__(self, total: int, desc: str, bar: bool = True) -> None:
+    def __init__(self, total: int, desc: str, bar: bool = True, log_after_s: float = 0.0) -> None:
+        """`log_after_s`: without a bar, write no line before this many seconds (work that ends sooner
+        is reported by its caller's summary alone)."""
         self.total, self.desc, self.done = max(0, int(total)), desc, 0
+        self.log_after_s = float(log_after_s)
         self.every = max(1, self.total // 10)
         self.started = time.perf_counter()
         self._bar: Any = None
@@ -38,6 +41,8 @@ class Progress:
                 self._bar.set_postfix_str(text, refresh=False)
         elif self.done % self.every == 0 or self.done == self.total:
             elapsed = time.perf_counter() - self.started
+            if elapsed < self.log_after_s:
+                return
             log.info("%s: %d/%d%s [%.0fs]", self.desc, self.done, self.total, f" ({text})" if text else "", elapsed)
 
     def close(self) -> None:
