@@ -163,8 +163,8 @@ def test_benchmark_logs_its_progress_without_a_terminal(compose, tmp_path, caplo
 def test_a_short_store_build_logs_only_its_summary_and_a_long_one_its_progress(caplog, monkeypatch):
     """Without a terminal: the demo's store builds in under a second and says so in one line; a build
     that runs longer than 10 s logs a line per tenth of its cases, so a log file shows how far it got."""
-    from medseg.tasks import progress as progress_module
-    from medseg.tasks.progress import Progress
+    from medseg import progress as progress_module
+    from medseg.progress import Progress
 
     with caplog.at_level(logging.INFO, logger="medseg"):
         with Progress(20, "preprocess", bar=True, log_after_s=10.0) as quick:

@@ -67,7 +67,7 @@ def model_rate(cfg: Any, info: Any, batch: dict, steps: int, warmup: int) -> tup
     images, labels = batch["image"].to(device), batch["label"].to(device)
 
     def step() -> None:
-        plain_train_step(model, loss_fn, optimizer, scaler, precision, device, images, labels)
+        plain_train_step(model, loss_fn, optimizer, scaler, precision, device, [(images, labels)])
 
     for _ in range(warmup):
         step()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -29,38 +28,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(args: list[str], folder: Path) -> str:
+def _run(args: list[str], folder: Path) -> None:
     cmd = [sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={folder}", "logger=none", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    return proc.stdout + proc.stderr
-
-
-def best_dice(folder: Path) -> float:
-    history = json.loads((folder / "history.json").read_text())
-    return max(r["val/dice"] for r in history if r.get("val/dice") is not None)
 
 
 def check_seed(seed: int, epochs: int, overrides: list[str], out: Path) -> dict[str, float]:
     """lr_find, then a default-rate and a suggested-rate run, all with this seed."""
+    folder = out / f"seed{seed}"
     common = [*overrides, f"seed={seed}", "trainer.progress_bar=false", "report.enabled=false"]
-    _run(["mode=lr_find", *common], out / f"seed{seed}" / "lr_find")
-    result = json.loads((out / f"seed{seed}" / "lr_find" / "lr_find.json").read_text())
+    _run(["mode=lr_find", *common], folder / "lr_find")
+    result = json.loads((folder / "lr_find" / "lr_find.json").read_text())
     if result["suggestion"] is None:
-        raise SystemExit(f"seed {seed}: lr_find gave no suggestion ({out / f'seed{seed}' / 'lr_find'})")
+        raise SystemExit(f"seed {seed}: lr_find gave no suggestion ({folder / 'lr_find'})")
     train = [*common, f"trainer.max_epochs={epochs}"]
-    default_log = _run(train, out / f"seed{seed}" / "default")
-    first_lr = re.search(r"epoch 1/\d+:.* lr (\S+) ", default_log)
-    _run([*train, f"optimizer.lr={result['suggestion']:.3e}"], out / f"seed{seed}" / "suggested")
+    _run(train, folder / "default")
+    _run([*train, f"optimizer.lr={result['suggestion']:.3e}"], folder / "suggested")
+    default, suggested = (json.loads((folder / run / "history.json").read_text()) for run in ("default", "suggested"))
     return {
         "seed": seed,
-        "default_lr": float(first_lr.group(1)) if first_lr else float("nan"),
+        "default_lr": default[0]["lr"],
         "suggestion": result["suggestion"],
         "floor_lr": result["floor_lr"],
-        "default": best_dice(out / f"seed{seed}" / "default"),
-        "suggested": best_dice(out / f"seed{seed}" / "suggested"),
+        "default": best_dice(default),
+        "suggested": best_dice(suggested),
     }
+
+
+def best_dice(history: list[dict]) -> float:
+    return max(r["val/dice"] for r in history if r.get("val/dice") is not None)
 
 
 def main(argv: list[str] | None = None) -> int:

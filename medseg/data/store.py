@@ -264,7 +264,7 @@ class CaseStore:
     def _build_all(self, todo: list[dict], data_cfg: Any, workers: int, progress: bool) -> Iterator[tuple[str, bool]]:
         from omegaconf import OmegaConf
 
-        from medseg.tasks.progress import Progress
+        from medseg.progress import Progress
 
         cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
         # a bar on a terminal; in a log, a line per tenth of the cases once the build has run 10 s

@@ -20,24 +20,11 @@ def plain_train_step(
     scaler: torch.amp.GradScaler,
     precision: Precision,
     device: torch.device,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-) -> torch.Tensor:
-    """Forward, backward and step on one batch; returns the detached loss (no host sync)."""
-    return accumulated_train_step(model, loss_fn, optimizer, scaler, precision, device, [(images, labels)])
-
-
-def accumulated_train_step(
-    model: torch.nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    precision: Precision,
-    device: torch.device,
     micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
 ) -> torch.Tensor:
-    """One optimizer step on the mean gradient of several micro-batches, as training with
-    trainer.accumulate_grad_batches steps; returns their mean loss, detached (no host sync)."""
+    """One optimizer step on the mean gradient of the (images, labels) micro-batches, as training with
+    trainer.accumulate_grad_batches = len(micro_batches) steps; returns their mean loss, detached (no
+    host sync)."""
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
     for images, labels in micro_batches:

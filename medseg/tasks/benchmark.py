@@ -26,9 +26,9 @@ from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
 from medseg.models.input_size import fill_input_size
 from medseg.precision import resolve_precision
+from medseg.progress import Progress
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.tasks.build import build_loss, build_optimizer
-from medseg.tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
 
     def train_step(batch: dict[str, torch.Tensor]) -> None:
         images, labels = batch["image"].to(device), batch["label"].to(device)
-        plain_train_step(model, loss_fn, optimizer, scaler, precision, device, images, labels)
+        plain_train_step(model, loss_fn, optimizer, scaler, precision, device, [(images, labels)])
 
     @torch.no_grad()
     def infer_step(batch: dict[str, torch.Tensor]) -> None:

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from medseg.engine.plain_step import accumulated_train_step
+from medseg.engine.plain_step import plain_train_step
 from medseg.errors import ConfigError
 from medseg.io_utils import write_figure, write_json
-from medseg.tasks.progress import Progress
+from medseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,13 @@ def run_lr_find(cfg: DictConfig) -> float | None:
             suggestion,
             out / "lr_find.png",
         )
-        if result["still_falling"]:
+        if result["still_falling"] and result["diverged"]:
+            log.warning(
+                "lr_find: the loss broke off at lr %.2e while still falling, so no floor was seen and the "
+                "suggestion may be off; rerun with a lower lr_find.max_lr or more lr_find.num_steps",
+                result["lrs"][-1],
+            )
+        elif result["still_falling"]:
             log.warning(
                 "lr_find: the loss was still falling at lr_find.max_lr=%.2e, so its floor may lie higher and the "
                 "suggestion may be low; raise lr_find.max_lr",
@@ -152,7 +158,7 @@ def lr_range_test(
         if micro[-1] is None:
             break
         pairs = [(b["image"].to(device), b["label"].to(device)) for b in micro]
-        loss = accumulated_train_step(model, loss_fn, optimizer, scaler, precision, device, pairs)
+        loss = plain_train_step(model, loss_fn, optimizer, scaler, precision, device, pairs)
         value = float(loss)  # read every step: the sweep stops as soon as the loss diverges
         lrs.append(lr)
         losses.append(value)
@@ -202,16 +208,16 @@ def loss_trend(losses: list[float], window: int | None = None) -> np.ndarray:
 def suggest_lr(lrs: list[float], losses: list[float]) -> dict[str, Any]:
     """The floor rule on the finite losses of a sweep.
 
-    Returns {"suggestion", "floor_lr", "loss_min_lr", "still_falling", "trend"}: the suggested lr, the lr
-    where the average reaches its floor (its first point within FLOOR_SHARE of its whole fall from its
-    minimum), the lr of that minimum, whether the minimum is the sweep's last point (no floor seen before
-    max_lr), and the centred average. The suggestion is None when fewer than 5 steps ran or the loss
-    never fell.
+    Returns {"suggestion", "floor_lr", "loss_min_lr", "floor_band", "still_falling", "trend"}: the
+    suggested lr, the lr where the average reaches its floor (its first point within FLOOR_SHARE of its
+    whole fall from its minimum), the lr of that minimum, the floor's loss range, whether the minimum lies
+    in the sweep's last 5 % (no floor seen before the sweep ended), and the centred average. The
+    suggestion is None when fewer than 5 steps ran or the loss never fell.
     """
     n = 0
     while n < len(losses) and math.isfinite(losses[n]):
         n += 1
-    none = {"suggestion": None, "floor_lr": None, "loss_min_lr": None, "still_falling": False}
+    none = {"suggestion": None, "floor_lr": None, "loss_min_lr": None, "floor_band": None, "still_falling": False}
     if n < 5:
         return {**none, "trend": []}
     trend = loss_trend(losses[:n])
@@ -224,6 +230,7 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> dict[str, Any]:
         "suggestion": float(lrs[floor]) / 10,
         "floor_lr": float(lrs[floor]),
         "loss_min_lr": float(lrs[low]),
+        "floor_band": [float(trend[low]), float(trend[low] + FLOOR_SHARE * fall)],
         "still_falling": low >= n - max(1, n // 20),  # lowest in the last 5 % of the sweep
         "trend": trend.tolist(),
     }
@@ -246,10 +253,7 @@ def plot_lr_find(path: str | Path, result: dict[str, Any]) -> Path:
     floor_lr, suggestion = result.get("floor_lr"), result["suggestion"]
     if floor_lr is not None and suggestion is not None:
         at = np.asarray(lrs[: len(trend)])
-        low = float(min(trend))
-        top = float(max(trend[: int(np.argmin(trend)) + 1]))
-        band = low + FLOOR_SHARE * (top - low)
-        ax.axhspan(low, band, color="C2", alpha=0.15, label=f"floor: within {FLOOR_SHARE:.0%} of the fall")
+        ax.axhspan(*result["floor_band"], color="C2", alpha=0.15, label=f"floor: within {FLOOR_SHARE:.0%} of the fall")
         y_floor = trend[int(np.argmin(np.abs(np.log(at / floor_lr))))]
         y_sug = trend[int(np.argmin(np.abs(np.log(at / suggestion))))]
         ax.plot([floor_lr], [y_floor], "o", color="C2", label=f"floor begins at {floor_lr:.2e}")

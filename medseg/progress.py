@@ -1,5 +1,5 @@
-"""Progress of the long modes without a training loop (lr_find, benchmark), shown the way training shows
-it: a tqdm bar when the console is a terminal, otherwise a log line every tenth of the work."""
+"""Progress of long work outside the training loop (lr_find, benchmark, the case-store build), shown the
+way training shows it: a tqdm bar when the console is a terminal, otherwise a log line every tenth of the work."""
 
 from __future__ import annotations
 
