@@ -213,6 +213,49 @@ def test_url_passwords_are_masked_in_text_configs_and_log_records(tmp_path) -> N
     assert PASSWORD not in (tmp_path / "run.log").read_text()
 
 
+@pytest.mark.parametrize("char", ["/", "@", ":", "%", "#"])
+def test_url_passwords_are_read_as_the_database_client_reads_them(char: str) -> None:
+    """Each character in a password, percent-encoded and (where SQLAlchemy keeps it) as typed: SQLAlchemy's
+    own parser says what the password is; medseg masks that text and its decoded value everywhere."""
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    password = f"ab{char}cd+Ef12"
+    forms = [quote(password, safe="")] + ([password] if char in "/:#" else [])
+    for typed in forms:
+        url = f"postgresql://alice:{typed}@db.host:5432/optuna"
+        assert make_url(url).password == password  # what the database client sends
+        secrets = secret_values({"hydra": {"sweeper": {"storage": url}}}, environ={})
+        assert {typed, password} <= set(secrets)
+        text = f"storage {url}; the server refused {password!r}"
+        masked = redact_text(text, secrets)
+        assert masked == f"storage postgresql://alice:{MASK}@db.host:5432/optuna; the server refused '{MASK}'"
+        assert redact({"storage": url}) == {"storage": f"postgresql://alice:{MASK}@db.host:5432/optuna"}
+        env: dict[str, str] = {}
+        hidden = hide_argv_secrets(["run.py", f"hydra.sweeper.storage={url}"], env)
+        assert (
+            hidden[1] == "hydra.sweeper.storage=postgresql://alice:${oc.env:MEDSEG_ARGV_SECRET_1}@db.host:5432/optuna"
+        )
+        assert env == {"MEDSEG_ARGV_SECRET_1": typed}
+
+
+def test_an_at_sign_typed_in_a_password_masks_it_whole_and_other_urls_stay() -> None:
+    from sqlalchemy.engine import make_url
+
+    url = "postgresql://alice:ab@cd+Ef12@db.host/optuna"
+    assert make_url(url).host == "cd+Ef12@db.host"  # the client cuts the password at the first @: no real host
+    assert mask_urls(url) == f"postgresql://alice:{MASK}@db.host/optuna"
+    assert mask_urls("postgresql://a@b:pw/x@h/db") == f"postgresql://a@b:{MASK}@h/db"  # as make_url reads it
+    for text in (
+        "https://example.org/a@b",
+        "ssh://git@github.com:22/x",
+        "http://host:8080/a and bob@example.com",
+        "postgresql://alice:${oc.env:MEDSEG_ARGV_SECRET_1}@db/x",
+    ):
+        assert mask_urls(text) == text
+
+
 @pytest.mark.slow
 def test_a_password_typed_on_the_command_line_is_never_written_or_printed(run_cli, tmp_path: Path) -> None:
     """A multirun job with a URL password among its overrides: every file under the run folders and the

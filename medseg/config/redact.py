@@ -6,6 +6,12 @@ given as hydra.sweeper.storage); and, anywhere in any text, the values of enviro
 named like secrets (*_API_KEY, *TOKEN*, *SECRET*, *PASSWORD*), e.g. an API key that reached a
 config value through ${oc.env:WANDB_API_KEY} or a command-line override.
 
+URL passwords are found the way the database client reads them (Optuna hands hydra.sweeper.storage
+to SQLAlchemy): the user part runs to the first `:`, the password from there to the next `@`, so a
+password may hold `/`, `:`, `#` and `%` as typed, and `@` percent-encoded (`%40`). Both the text
+and its percent-decoded value are masked. An `@` typed unencoded ends SQLAlchemy's password early
+and lands in its host; such a host is no host, so the password is taken to run to its last `@`.
+
 Secrets typed on the command line never reach Hydra: `hide_argv_secrets` moves them into
 environment variables before Hydra parses sys.argv, and the override reads them back with
 ${oc.env:...}. Hydra's files (.hydra/*.yaml, multirun.yaml) and its console lines then hold only
@@ -17,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MASK = "***"
@@ -28,8 +34,12 @@ SECRET_ENV = re.compile(r"(^|_)API_KEY$|TOKEN|SECRET|PASSWORD|PASSWD", re.I)
 # Shorter values are not searched for inside other text (TOKENIZERS_PARALLELISM=false is no secret).
 MIN_ENV_LEN = 8
 MIN_KEY_LEN = 4
-# The password part of `scheme://user:password@host` (user may be empty: `redis://:password@host`).
-URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s'\"]*:)(?P<password>[^@/\s'\"]+)(?=@)")
+# `scheme://user:` of a URL with a password, as sqlalchemy.engine.url._parse_url (1.4) reads it: the
+# user part holds no `:` or `/` (it may be empty: `redis://:password@host`). Inside other text a URL
+# also ends at white space and quotes.
+URL_USER = re.compile(r"(?<![\w+.-])[A-Za-z][\w+.-]*://[^:/\s'\"]*:")
+URL_END = re.compile(r"[\s'\"]")
+HOST_END = re.compile(r"[/:?\s'\"]")
 # Environment variables that carry secrets moved out of the command line (hide_argv_secrets).
 ARGV_SECRET_ENV = "MEDSEG_ARGV_SECRET_"
 
@@ -65,14 +75,50 @@ def secret_values(config: Any = None, environ: dict[str, str] | None = None) -> 
     return sorted(found, key=len, reverse=True)  # longest first, so a secret inside another is masked whole
 
 
+def password_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the password of every URL inside `text`, as the database client parses it.
+
+    Spans holding an interpolation (`${oc.env:X}`, what hide_argv_secrets leaves) are no passwords.
+    """
+    spans = []
+    for m in URL_USER.finditer(text):
+        start = m.end()
+        stop = URL_END.search(text, start)
+        limit = stop.start() if stop else len(text)
+        end = text.find("@", start, limit)
+        if end < 0:
+            continue  # no `@` after the `:`: a port or a path, not a password
+        host_end = HOST_END.search(text, end + 1)
+        last_at = text.rfind("@", end + 1, host_end.start() if host_end else len(text))
+        end = max(end, last_at)  # an unencoded `@` in the password: up to the host's last `@`
+        if "${" not in text[m.start() : end]:
+            spans.append((start, end))
+    return spans
+
+
 def url_passwords(text: str) -> list[str]:
-    """Passwords of the URLs inside `text` (interpolations such as ${oc.env:X} are no passwords)."""
-    return [m.group("password") for m in URL_PASSWORD.finditer(text) if not m.group("password").startswith("${")]
+    """Passwords of the URLs inside `text`: as written and, where percent-encoded, as the client decodes them."""
+    from urllib.parse import unquote
+
+    found = []
+    for start, end in password_spans(text):
+        raw = text[start:end]
+        found += [raw] if unquote(raw) == raw else [raw, unquote(raw)]
+    return found
+
+
+def replace_passwords(text: str, replace: Callable[[str], str]) -> str:
+    """`text` with each URL password replaced by `replace(password)`."""
+    out, pos = [], 0
+    for start, end in password_spans(text):
+        out += [text[pos:start], replace(text[start:end])]
+        pos = end
+    return "".join(out) + text[pos:]
 
 
 def mask_urls(text: str) -> str:
     """`text` with the password of every URL replaced by the mask (interpolations are left alone)."""
-    return URL_PASSWORD.sub(lambda m: m.group(0) if m.group("password").startswith("${") else m["head"] + MASK, text)
+    return replace_passwords(text, lambda _: MASK)
 
 
 def redact_text(text: str, secrets: Iterable[str]) -> str:
@@ -184,9 +230,7 @@ def _hide_value(key: str, value: str, env: Any, known: dict[str, str]) -> str:
         return quote + stash(inner) + quote
     for secret, name in sorted(known.items(), key=lambda kv: -len(kv[0])):
         inner = inner.replace(secret, f"${{oc.env:{name}}}")
-    inner = URL_PASSWORD.sub(
-        lambda m: m.group(0) if m["password"].startswith("${") else m["head"] + stash(m["password"]), inner
-    )
+    inner = replace_passwords(inner, stash)
     return quote + inner + quote
 
 
