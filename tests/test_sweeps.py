@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -282,3 +284,87 @@ def test_failing_and_pruned_trials_are_recorded_and_the_sweep_goes_on(run_cli, t
     summary = read_csv(sweep_dir / "multirun_summary.csv")
     expected = sorted("ok" if r["state"] == "PRUNED" else "no history" for r in rows)
     assert sorted(r["status"] for r in summary) == expected
+
+
+# ---------------------------------------------------------------- workers on several hosts
+def _as_another_host(tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """A command prefix that runs a process under the host name `worker-a`: its own UTS namespace where
+    the kernel allows one (unshare), else a sitecustomize that makes the sweeper record that name (the
+    stale-trial handling under test runs in the other, untouched process)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") and subprocess.run(["unshare", "-r", "-u", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-r", "-u", "sh", "-c", 'hostname worker-a && exec "$@"', "sh"]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import socket\nsocket.gethostname = lambda: 'worker-a'\n")
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    return []
+
+
+def _running_on(db: Path, host: str) -> bool:
+    """Whether the study holds a RUNNING trial of `host` with a recorded heartbeat."""
+    import sqlite3
+
+    if not db.is_file():
+        return False
+    query = (
+        "SELECT count(*) FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id"
+        " JOIN trial_system_attributes a ON a.trial_id = t.trial_id"
+        " WHERE t.state = 'RUNNING' AND a.key = 'medseg:host' AND a.value_json = ?"
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as con:
+            return con.execute(query, (json.dumps(host),)).fetchone()[0] > 0
+    except sqlite3.OperationalError:  # tables not created yet
+        return False
+
+
+@pytest.mark.slow
+def test_a_trial_killed_on_another_host_is_failed_by_its_heartbeat_and_not_counted(
+    run_cli, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Worker A (another host name) is killed with SIGKILL in the middle of its trial; worker B on this host
+    fails that trial once its heartbeat is older than the grace period and runs the study's one trial itself."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    from tests.conftest import ROOT
+
+    sweep_dir = tmp_path / "multirun"
+    study = ["hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.heartbeat_interval=1"]
+    study += ["hydra.sweeper.grace_period=2"]
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    prefix = _as_another_host(tmp_path, env)
+    worker_a = [sys.executable, str(ROOT / "run.py"), "-m", f"hydra.sweep.dir={sweep_dir}", *study, *FAST]
+    proc = subprocess.Popen(
+        [*prefix, *worker_a, "trainer.max_epochs=100000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (_running_on(sweep_dir / "optuna.db", "worker-a") and (sweep_dir / "0" / "history.json").is_file()):
+            assert proc.poll() is None and time.monotonic() < deadline, "worker A never got into its trial"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(3)  # past the grace period
+
+    second = run_cli("hydra.mode=MULTIRUN", *study, *FAST, check=True)
+    assert "1 interrupted trial(s) marked FAIL" in second.stdout + second.stderr
+    loaded = optuna.load_study(study_name="train_optuna", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    trials = loaded.trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].system_attrs["medseg:host"] == "worker-a"
+    assert "medseg:stale:0" in loaded.system_attrs
+    assert [r["state"] for r in read_csv(sweep_dir / "trials.csv")] == ["FAIL", "COMPLETE"]

@@ -16,10 +16,14 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 class MedsegOptunaSweeper(OptunaSweeper):
     """OptunaSweeper whose n_trials is the study's total, resumable, with FAIL/PRUNED trials and a trials.csv."""
 
-    def __init__(self, pruner: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, pruner: Any = None, heartbeat_interval: int | None = 60, grace_period: int | None = None, **kwargs: Any
+    ) -> None:
         from medseg.sweeps.optuna_sweeper import ResumableOptunaSweeperImpl
 
-        self.sweeper = ResumableOptunaSweeperImpl(pruner=pruner, **kwargs)
+        self.sweeper = ResumableOptunaSweeperImpl(
+            pruner=pruner, heartbeat_interval=heartbeat_interval, grace_period=grace_period, **kwargs
+        )
 
 
 @dataclass
@@ -29,6 +33,10 @@ class MedsegOptunaSweeperConf(OptunaSweeperConf):
     max_failure_rate: float = 0.5
     # An optuna pruner config (_target_: optuna.pruners.MedianPruner ...), or null for no pruning.
     pruner: Any = None
+    # Seconds between heartbeats of a running trial in a database storage (null = none); a trial whose
+    # heartbeat is older than grace_period (null = 2 x interval) is failed by any worker and not counted.
+    heartbeat_interval: int | None = 60
+    grace_period: int | None = None
 
 
 ConfigStore.instance().store(

@@ -9,7 +9,9 @@ What differs from the stock loop (hydra_plugins.hydra_optuna_sweeper._impl.Optun
 - A job that raises (a MedsegError, out of memory, non-finite losses) or returns a non-finite value
   is a FAIL trial and the sweep goes on until more than max_failure_rate of the planned trials failed;
   optuna.TrialPruned raised in a job (medseg/engine/optuna_pruning.py) makes a PRUNED trial.
-- Trials left RUNNING by a sweep process that no longer exists (killed) are marked FAIL and not counted.
+- Trials left RUNNING by a sweep process that no longer exists (killed) are marked FAIL and not counted:
+  on any host through Optuna's heartbeat (hydra.sweeper.heartbeat_interval / grace_period, see
+  medseg/sweeps/heartbeat.py), at once when the process was on this host and its pid is gone.
 - At the end: trials.csv (every trial) and optimization_results.yaml (best parameters and value).
 """
 
@@ -32,7 +34,7 @@ from optuna.trial import TrialState
 
 from medseg.config.redact import mask_urls
 from medseg.errors import MedsegError
-from medseg.sweeps import trial_context
+from medseg.sweeps import heartbeat, trial_context
 from medseg.sweeps.storage import storage_errors
 from medseg.sweeps.trials_table import write_results, write_trials_csv
 
@@ -47,9 +49,12 @@ class SweepError(MedsegError):
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, pruner: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, pruner: Any = None, heartbeat_interval: int | None = 60, grace_period: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.pruner = pruner
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
 
     # ------------------------------------------------------------------ the loop
     def sweep(self, arguments: list[str]) -> None:
@@ -64,7 +69,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         with storage_errors(self.storage):
             study = optuna.create_study(
                 study_name=self.study_name,
-                storage=self.storage,
+                storage=heartbeat.study_storage(self.storage, self.heartbeat_interval, self.grace_period),
                 sampler=self._sampler(0),
                 pruner=self.pruner or optuna.pruners.NopPruner(),
                 directions=directions,
@@ -87,7 +92,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 trials = [self._ask(study) for _ in range(min(self.n_jobs, to_go))]
                 overrides = self._configure_trials(trials, distributions, fixed_params)
                 try:
-                    returns = self._launch(trials, overrides)
+                    with heartbeat.beating(study, trials):
+                        returns = self._launch(trials, overrides)
                 except BaseException:
                     _fail(study, trials, interrupted=True)
                     raise
@@ -140,9 +146,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
     def _ask(self, study: optuna.Study) -> optuna.Trial:
         study.sampler = self._sampler(len(study.get_trials(deepcopy=False)))
+        heartbeat.fail_stale_trials(study)  # a dead worker's trials end before n_trials is counted again
         trial = study.ask()
         trial.set_system_attr(HOST_ATTR, socket.gethostname())
         trial.set_system_attr(PID_ATTR, os.getpid())
+        heartbeat.record(study, [trial])
         return trial
 
     def _launch(self, trials: list[optuna.Trial], overrides: Sequence[Sequence[str]]) -> list[JobReturn]:
@@ -161,8 +169,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         if ret.status != JobStatus.COMPLETED:
             exc = getattr(ret, "_return_value", None)
             if isinstance(exc, optuna.TrialPruned):
-                study.tell(trial, state=TrialState.PRUNED)
-                log.info("trial %d pruned: %s", trial.number, exc)
+                if _told(study, trial, state=TrialState.PRUNED):
+                    log.info("trial %d pruned: %s", trial.number, exc)
                 return None
             return _fail_one(study, trial, f"{type(exc).__name__}: {exc}")
         value = ret.return_value
@@ -172,7 +180,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             return _fail_one(study, trial, f"the job returned {value!r}, not a number (no validation ran?)")
         if len(values) != n_objectives or not all(math.isfinite(v) for v in values):
             return _fail_one(study, trial, f"the job returned {value!r}")
-        study.tell(trial, values=values[0] if n_objectives == 1 else values)
+        _told(study, trial, values=values[0] if n_objectives == 1 else values)
         return None
 
 
@@ -192,9 +200,19 @@ def _release(returns: list[JobReturn]) -> None:
 
 
 def _fail_one(study: optuna.Study, trial: optuna.Trial, error: str) -> str:
-    study.tell(trial, state=TrialState.FAIL)
-    log.warning("trial %d failed: %s", trial.number, error)
+    if _told(study, trial, state=TrialState.FAIL):
+        log.warning("trial %d failed: %s", trial.number, error)
     return error
+
+
+def _told(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> bool:
+    """study.tell; False when another worker already failed the trial (its heartbeat was late)."""
+    try:
+        study.tell(trial, **outcome)
+    except RuntimeError as exc:
+        log.warning("trial %d: result not recorded (%s); another worker failed it as stale", trial.number, exc)
+        return False
+    return True
 
 
 def _fail(study: optuna.Study, trials: list[optuna.Trial], interrupted: bool) -> None:
@@ -208,19 +226,24 @@ def _fail(study: optuna.Study, trials: list[optuna.Trial], interrupted: bool) ->
 
 
 def _counted(study: optuna.Study) -> int:
-    """Trials that count towards n_trials: all but those a stopped sweep interrupted."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(INTERRUPTED_ATTR))
+    """Trials that count towards n_trials: all but those a stopped or dead sweep process left unfinished."""
+    stale = heartbeat.stale_numbers(study)
+    trials = study.get_trials(deepcopy=False)
+    return sum(1 for t in trials if not t.system_attrs.get(INTERRUPTED_ATTR) and t.number not in stale)
 
 
 def _fail_interrupted_trials(study: optuna.Study) -> int:
-    """Trials RUNNING for a sweep process of this host that is gone (killed): FAIL, not counted."""
+    """Trials RUNNING for a sweep process of this host that is gone (killed): FAIL, not counted. Dead
+    workers of other hosts are found by their missing heartbeat (fail_stale_trials, before every ask)."""
+    before = heartbeat.stale_numbers(study)
+    heartbeat.fail_stale_trials(study)
     host, stale = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.system_attrs.get(PID_ATTR)
         if t.system_attrs.get(HOST_ATTR) == host and pid is not None and not _alive(int(pid)):
             stale.append(optuna.Trial(study, t._trial_id))
     _fail(study, stale, interrupted=True)
-    return len(stale)
+    return len(stale) + len(heartbeat.stale_numbers(study) - before)
 
 
 def _alive(pid: int) -> bool:
