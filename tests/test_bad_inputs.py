@@ -477,6 +477,196 @@ CKPT_ROWS = [
 ]
 
 
+# ------------------------------------------------------------------ the rows: a stored config is inert data
+def _with_stored(ctx: Ctx, change: Callable[[dict[str, Any]], None], name: str = "stored.pt") -> Path:
+    """best.pt with its stored config (YAML text) changed as plain data."""
+    import yaml
+
+    def edit(payload: dict[str, Any]) -> None:
+        cfg = yaml.safe_load(payload["config_yaml"])
+        change(cfg)
+        payload["config_yaml"] = yaml.safe_dump(cfg)
+
+    return _edit_checkpoint(ctx, edit, name)
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(cfg: dict[str, Any]) -> None:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    return change
+
+
+def _mode_args(mode: str, path: Path, ctx: Ctx) -> list[str]:
+    """The same crafted checkpoint handed to predict, evaluate, report or a resumed training."""
+    if mode == "predict":
+        return _predict(path, ctx)
+    if mode == "evaluate":
+        return ["mode=evaluate", f"ckpt={path}", "logger=none"]
+    if mode == "report":
+        return ["mode=report", f"ckpt={path}", "logger=none"]
+    return [f"ckpt={path}", *RUN, "trainer.resume=true"]
+
+
+def _stored(mode: str, key: str, value: Any) -> Callable[[Ctx], list[str]]:
+    return lambda ctx: _mode_args(mode, _with_stored(ctx, _set(key, value)), ctx)
+
+
+def _config_larger_than_weights(mode: str) -> Callable[[Ctx], list[str]]:
+    """The stored config says channels [4, 2048]; the weights are those of [4, 8] (what a crafted file
+    would do to make us allocate gigabytes): refused by comparing shapes on the meta device."""
+    return lambda ctx: _mode_args(mode, _with_stored(ctx, _set("model.channels", [4, 2048])), ctx)
+
+
+def _facts(mode: str, edit: Callable[[dict[str, Any]], None]) -> Callable[[Ctx], list[str]]:
+    return lambda ctx: _mode_args(mode, _edit_checkpoint(ctx, edit, "facts.pt"), ctx)
+
+
+def _evaluate_without_root(ctx: Ctx) -> list[str]:
+    """A checkpoint of data=msd handed to evaluate without data.root: the file does not choose the folder."""
+    path = _with_stored(ctx, lambda cfg: cfg["data"].update(layout="msd", root=str(ctx.msd)))
+    return ["mode=evaluate", f"ckpt={path}", "logger=none"]
+
+
+def _evaluate_root_without_the_cases(ctx: Ctx) -> list[str]:
+    path = _with_stored(ctx, lambda cfg: cfg["data"].update(layout="msd"))
+    return ["mode=evaluate", f"ckpt={path}", "data=msd", f"data.root={ctx.msd}", "logger=none"]
+
+
+def _yaml_tag(ctx: Ctx) -> str:
+    """A stored config whose YAML asks the loader to call a function (PyYAML's unsafe python/object tags)."""
+    return f"model: !!python/object/apply:pathlib.Path.touch [{str(_marker(ctx))!r}]\n"
+
+
+def _resume_crafted_run_id(ctx: Ctx) -> list[str]:
+    path = _edit_checkpoint(ctx, lambda p: p.update(tracker_ids={"wandb": "../../outside"}), "ids.pt")
+    return [f"ckpt={path}", *RUN, "trainer.resume=true", "logger=wandb", "logger.wandb.mode=offline"]
+
+
+def _no_wandb_folder(ctx: Ctx, outcome: Outcome) -> None:
+    assert not (ctx.run / "wandb").exists() and not (ctx.tmp / "outside").exists()
+
+
+INTERPOLATION = "${oc.env:USER,nouser}"
+STORED_ROWS = [
+    *(
+        Row(
+            f"{mode}-stored-interpolation",
+            _stored(mode, "data.scale", INTERPOLATION),
+            r"stored\.pt: its stored data\.scale='\$\{oc\.env:USER,nouser\}' is an interpolation; .* never resolved",
+        )
+        for mode in ("predict", "evaluate", "report", "resume")
+    ),
+    Row(
+        "evaluate-stored-interpolation-in-a-list",
+        _stored("evaluate", "data.intensity.percentiles", [0.5, INTERPOLATION]),
+        r"its stored data\.intensity\.percentiles\[1\]='\$\{oc\.env:USER,nouser\}' is an interpolation",
+    ),
+    *(
+        Row(
+            f"{mode}-absurd-channels",
+            _stored(mode, "model.channels", [4, 200000]),
+            r"its stored model\.channels=\[4,200000\] must be an integer or a list of at most 16 integers"
+            r" in \[1, 4096\]",
+        )
+        for mode in ("predict", "evaluate", "report", "resume")
+    ),
+    *(
+        Row(
+            f"{mode}-config-larger-than-weights",
+            _config_larger_than_weights(mode),
+            r"stored\.pt: its weights do not fit its own model config \(downs\.0\.1\.0\.weight has shape"
+            r" \(8, 4, 3, 3\) but the model has \(2048, 4, 3, 3\)\)",
+        )
+        for mode in ("predict", "evaluate")
+    ),
+    Row(
+        "predict-absurd-width",
+        _stored("predict", "model.width", 1000.0),
+        r"its stored model\.width=1000\.0 must be in \(0, 16\] or null",
+    ),
+    Row(
+        "predict-absurd-in-channels",
+        _facts("predict", lambda p: p["dataset"].update(in_channels=100000)),
+        r"facts\.pt: its stored model\.in_channels=100000 must be an integer in \[1, 1024\]",
+    ),
+    Row(
+        "predict-class-names-of-another-model",
+        _facts("predict", lambda p: p.update(class_names=["background", "a"])),
+        r"facts\.pt: its stored class_names=\['background', 'a'\] must name the 4 classes of its weights",
+    ),
+    Row(
+        "predict-mask-values-out-of-range",
+        _facts("predict", lambda p: p.update(mask_values=[0, 1, 2, 70000])),
+        r"facts\.pt: its stored data\.mask_values=\[0,1,2,70000\] must be a list of at most 1024 integers"
+        r" in \[0, 65535\]",
+    ),
+    Row(
+        "evaluate-crafted-case-ids",
+        _facts("evaluate", lambda p: p.update(val_case_ids=[{"_target_": "os.system"}])),
+        r"facts\.pt: its stored val_case_ids=.* must be a list of case ids",
+    ),
+    Row(
+        "predict-stored-value-of-another-type",
+        _stored("predict", "data.dims", 2.0),
+        r"its stored data\.dims: Value '2\.0' of type 'float' could not be converted to Integer",
+    ),
+    Row(
+        "predict-stored-yaml-tag",
+        lambda ctx: _predict(_edit_checkpoint(ctx, lambda p: p.update(config_yaml=_yaml_tag(ctx)), "tag.pt"), ctx),
+        r"tag\.pt: its stored config cannot be read \(ConstructorError\)",
+        check=_no_marker,
+    ),
+    Row(
+        "predict-stored-unknown-keyword",
+        _stored("predict", "model.extra_layers", 3),
+        r"its stored model\.extra_layers is not a keyword of medseg\.models\.unet\.UNet",
+    ),
+    Row(
+        "predict-stored-path-as-a-word",
+        _stored("predict", "model.norm", "../../etc/passwd"),
+        r"its stored model\.norm='\.\./\.\./etc/passwd' must be a plain word",
+    ),
+    Row(
+        "evaluate-stored-layout-unknown",
+        _stored("evaluate", "data.layout", "shutil.rmtree"),
+        r"its stored data\.layout='shutil\.rmtree' must be one of synthetic, msd, folder, totalseg, uwmgi",
+    ),
+    Row(
+        "evaluate-stored-structure-is-a-path",
+        _stored("evaluate", "data.structures", ["../../../etc/passwd"]),
+        r"its stored data\.structures=\['\.\./\.\./\.\./etc/passwd'\] must be null or a list",
+    ),
+    Row(
+        "evaluate-huge-demo-data",
+        _stored("evaluate", "data.synthetic.shape", [2000, 2000, 2000]),
+        r"its stored data\.synthetic\.shape=\[2000,2000,2000\] must be a list of at most 3 integers in \[1, 1024\]",
+    ),
+    Row(
+        "evaluate-needs-this-runs-data-root",
+        _evaluate_without_root,
+        r"mode=evaluate reads the checkpoint's validation cases \(data\.layout=msd\) from data\.root, which this run"
+        r" does not set .* give data\.root=",
+    ),
+    Row(
+        "evaluate-data-root-without-the-validation-cases",
+        _evaluate_root_without_the_cases,
+        r"data\.root=.*msd lacks 1 of the checkpoint's 1 validation cases \(synth_\d+\)",
+        check=_no_metrics,
+    ),
+    Row(
+        "resume-crafted-tracker-id",
+        _resume_crafted_run_id,
+        r"ids\.pt: its logger\.wandb run id '\.\./\.\./outside' is not a run id",
+        check=_no_wandb_folder,
+    ),
+]
+
+
 # ------------------------------------------------------------------ the rows: study storage
 class FakePostgres:
     """A socket that speaks just enough of the PostgreSQL protocol to ask for a cleartext password,
@@ -585,11 +775,56 @@ STORAGE_ROWS = [
     ),
 ]
 
-ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORAGE_ROWS
+# Passwords as a database URL holds them (SQLAlchemy's rules: `/ : #` as typed, `@ %` percent-encoded; an
+# `@` typed as is too): Hydra's .hydra/hydra.yaml, the console and every file must hold neither the text
+# nor the decoded password.
+URL_PASSWORDS = {
+    "slash": "ab/cd+Ef12",
+    "colon": "ab:cd+Ef12",
+    "hash": "ab#cd+Ef12",
+    "at-encoded": "ab%40cd+Ef12",
+    "percent-encoded": "ab%25cd+Ef12",
+    "at-typed": "ab@cd+Ef12",
+}
+
+
+def _storage_password(password: str) -> Callable[[Ctx], list[str]]:
+    url = f"postgresql://user:{password}@db.host/optuna"
+    return _args("hparams_search=optuna", f"hydra.sweeper.storage={url}", "mode=predict")
+
+
+def _password_nowhere(password: str) -> Callable[[Ctx, Outcome], None]:
+    from urllib.parse import unquote
+
+    def check(ctx: Ctx, outcome: Outcome) -> None:
+        hydra_yaml = (ctx.run / ".hydra" / "hydra.yaml").read_text()
+        assert "postgresql://user:${oc.env:MEDSEG_ARGV_SECRET_" in hydra_yaml
+        for text in {password, unquote(password), "cd+Ef12"}:  # the tail too: no part of a password leaks
+            assert text not in outcome.out + outcome.err
+            leaks = [
+                p for p in [*ctx.tmp.rglob("*"), *ctx.run.rglob("*")] if p.is_file() and text.encode() in p.read_bytes()
+            ]
+            assert leaks == []
+
+    return check
+
+
+SECRET_ROWS = [
+    Row(
+        f"storage-password-{name}",
+        _storage_password(password),
+        r"mode=predict needs ckpt=",
+        check=_password_nowhere(password),
+        config_error=True,
+    )
+    for name, password in URL_PASSWORDS.items()
+]
+
+ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORED_ROWS + STORAGE_ROWS + SECRET_ROWS
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 25
+    assert len(ROWS) >= 77
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

@@ -25,7 +25,7 @@ URL = f"postgresql://alice:{PASSWORD}@dbhost:5432/optuna"
 
 # ------------------------------------------------------------------ a checkpoint is data
 def test_every_shipped_model_is_allowed_and_nothing_else() -> None:
-    from medseg.models.factory import allowed_model_class, allowed_model_targets
+    from medseg.models.stored_model import allowed_model_class, allowed_model_targets
 
     allowed = allowed_model_targets()
     for path in sorted((CONF / "model").glob("*.yaml")):

@@ -33,6 +33,8 @@ class Range:
     integer: bool = False
     nullable: bool = False  # null (or an absent key) allowed
     each: bool = False  # a list whose every entry is checked
+    max_len: int | None = None  # with each: at most this many entries
+    scalar: bool = False  # with each: a single number is allowed too (num_heads: 12 or [3, 6, 12, 24])
 
     def allowed(self) -> str:
         """The allowed values in words: `in (0, 1]`, `an integer >= 1`, `a list of integers >= 1 or null`."""
@@ -44,7 +46,10 @@ class Range:
         else:
             text = f"{'<' if self.high_open else '<='} {_num(self.high)}"
         if self.each:
-            text = f"a list of {'integers' if self.integer else 'numbers'} {text}"
+            most = f"at most {self.max_len} " if self.max_len else ""
+            kind = "integers" if self.integer else "numbers"
+            one = f"{'an integer' if self.integer else 'a number'} or " if self.scalar else ""
+            text = f"{one}a list of {most}{kind} {text}"
         elif self.integer:
             text = f"an integer {text}"
         return text + (" or null" if self.nullable else "")
@@ -69,12 +74,27 @@ def _prob(key: str, nullable: bool = True) -> Range:
     return Range(key, 0.0, 1.0, nullable=nullable)
 
 
+def _sizes(key: str, high: int, low: int = 1, levels: int = 16) -> Range:
+    """Network sizes per level or stage (features, blocks, heads): bounded, so no config (typed or read from a
+    checkpoint) can ask for gigabytes of weights or thousands of layers."""
+    return Range(key, low, high, integer=True, nullable=True, each=True, max_len=levels, scalar=True)
+
+
+# Upper bounds of network sizes: far above any published segmentation network (nnU-Net tops out at
+# 320-512 features per level, ViT-L at 1024 wide / 4096 MLP, MiT-B5 at 40 blocks in a stage).
+MAX_FEATURES = 4096
+MAX_BLOCKS = 64
+MAX_HEADS = 128
+MAX_CLASSES = 1024
+MAX_CHANNELS = 1024
+
+
 RANGES: tuple[Range, ...] = (
     Range("seed", 0, 2**32 - 1, integer=True),
     # data
     Range("data.dims", 2, 3, integer=True),
     Range("data.slice_axis", 0, 2, integer=True),
-    _int("data.num_classes", 2, nullable=True),
+    Range("data.num_classes", 2, MAX_CLASSES, integer=True, nullable=True),
     _int("data.batch_size", 1),
     _int("data.val_batch_size", 1, nullable=True),
     Range("data.val_percent", 0, 100, low_open=True, high_open=True),
@@ -88,6 +108,11 @@ RANGES: tuple[Range, ...] = (
     _int("data.pad_divisible", 1),
     _int("data.context_slices", 0, nullable=True),
     _prob("data.foreground_slice_ratio"),
+    Range("data.intensity.ct_window", -1e5, 1e5, each=True, max_len=2),
+    Range("data.intensity.percentiles", 0, 100, each=True, max_len=2),
+    Range("data.intensity.mean", -1e6, 1e6, each=True, max_len=MAX_CHANNELS),
+    Range("data.intensity.std", 0, 1e6, low_open=True, each=True, max_len=MAX_CHANNELS),
+    Range("data.mask_values", 0, 65535, integer=True, nullable=True, each=True, max_len=MAX_CLASSES),
     _prob("data.cache_rate"),
     *(
         _prob(f"data.augment.{p}")
@@ -95,9 +120,10 @@ RANGES: tuple[Range, ...] = (
     ),
     *(Range(f"data.augment.{k}", low=0, nullable=True) for k in ("rotate_range", "scale_range", "intensity_shift")),
     *(Range(f"data.augment.{k}", low=0, nullable=True) for k in ("intensity_scale", "noise_std")),
-    _int("data.synthetic.num_cases", 1),
-    Range("data.synthetic.shape", low=1, integer=True, each=True),
-    _int("data.synthetic.num_classes", 2),
+    Range("data.synthetic.num_cases", 1, 10_000, integer=True),
+    Range("data.synthetic.shape", 1, 1024, integer=True, each=True, max_len=3),
+    Range("data.synthetic.num_classes", 2, 64, integer=True),
+    Range("data.synthetic.seed", 0, 2**32 - 1, integer=True),
     # trainer
     _int("trainer.max_epochs", 1),
     _int("trainer.accumulate_grad_batches", 1),
@@ -126,9 +152,24 @@ RANGES: tuple[Range, ...] = (
     Range("optimizer.momentum", 0, 1, nullable=True),
     Range("scheduler.warmup_epochs", low=0, nullable=True),
     Range("scheduler.warmup_start_factor", 0, 1, low_open=True, nullable=True),
-    # model (open group)
+    # model (open group: checked where the chosen network has the key); in/out channels come from the data
+    Range("model.in_channels", 1, MAX_CHANNELS, integer=True),
+    Range("model.out_channels", 1, MAX_CLASSES, integer=True),
     Range("model.dropout", 0, 1, high_open=True, nullable=True),
-    Range("model.width", low=0, low_open=True, nullable=True),
+    Range("model.drop_path", 0, 1, high_open=True, nullable=True),
+    Range("model.width", 0, 16, low_open=True, nullable=True),
+    *(
+        _sizes(f"model.{k}", MAX_FEATURES)
+        for k in ("channels", "filters", "features", "hidden_sizes", "init_filters", "feature_size")
+    ),
+    *(_sizes(f"model.{k}", 4 * MAX_FEATURES) for k in ("hidden_size", "mlp_dim", "decoder_hidden_size")),
+    *(_sizes(f"model.{k}", MAX_BLOCKS, low=0) for k in ("depths", "blocks_down", "blocks_up")),
+    *(_sizes(f"model.{k}", MAX_HEADS) for k in ("num_heads", "num_attention_heads")),
+    _sizes("model.sr_ratios", 64),
+    _sizes("model.kernel_size", 15),
+    _sizes("model.window_size", 64),
+    _sizes("model.img_size", 4096, levels=3),
+    Range("model.deep_supr_num", 0, 16, integer=True, nullable=True),
     # predict / evaluate / benchmark / lr_find
     _prob("predict.threshold", nullable=False),
     Range("predict.overlap", 0, 1, high_open=True),
@@ -153,6 +194,8 @@ def _fold(cfg: DictConfig) -> str | None:
     fold, folds = _select(cfg, "data.fold"), _select(cfg, "data.num_folds")
     if fold is None or fold is _ABSENT:
         return None
+    if not isinstance(folds, int) or isinstance(folds, bool):
+        return f"data.fold={fold} needs data.num_folds"
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < int(folds):
         return f"data.fold={fold} must be an integer in [0, {int(folds) - 1}] (data.num_folds={folds}) or null"
     return None
@@ -167,10 +210,21 @@ def _ckpt(cfg: DictConfig) -> str | None:
     return None
 
 
+def _colour_map(cfg: DictConfig) -> str | None:
+    table = _select(cfg, "data.colour_map")
+    if table is None or table is _ABSENT:
+        return None
+    ok = isinstance(table, list) and 0 < len(table) <= 1024
+    if ok and all(isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in table):
+        return None
+    return f"data.colour_map={_show(table)[:80]} must be a list of [r, g, b] colours (integers 0..255), one per class"
+
+
 # Checks across keys (and of the one input path every mode reads first), run after the single-key ranges.
 RELATIONS: tuple[Callable[[DictConfig], str | None], ...] = (
     _ckpt,
     _fold,
+    _colour_map,
     lambda cfg: _both(cfg, "lr_find.min_lr", "lr_find.max_lr"),
 )
 
@@ -194,8 +248,9 @@ def _check(cfg: DictConfig, rule: Range) -> str | None:
             return None
         return f"{rule.key}=null must be {rule.allowed()}"
     if rule.each:
-        values = list(value) if isinstance(value, (list, tuple)) else None
-        if values is not None and values and all(rule.fits(v) for v in values):
+        values = list(value) if isinstance(value, (list, tuple)) else [value] if rule.scalar else None
+        too_long = values is not None and rule.max_len is not None and len(values) > rule.max_len
+        if values and not too_long and all(rule.fits(v) for v in values):
             return None
     elif rule.fits(value):
         return None
@@ -207,6 +262,10 @@ def _select(cfg: DictConfig, key: str) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _num(value: float) -> str:

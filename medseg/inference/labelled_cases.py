@@ -34,14 +34,32 @@ class LabelledCase:
 
 
 def evaluation_cases(
-    evaluate_input: str | None, data_cfg: Any, cache_dir: str, seed: int, class_names: list[str]
+    evaluate_input: str | None,
+    data_cfg: Any,
+    cache_dir: str,
+    seed: int,
+    class_names: list[str],
+    val_ids: list[str] | None = None,
 ) -> tuple[str, Any, list[dict[str, Any]], Any]:
-    """(source description, data config to read them with, cases, case store or None) for mode=evaluate."""
+    """(source description, data config to read them with, cases, case store or None) for mode=evaluate.
+
+    Without evaluate.input: the training run's validation cases `val_ids` (None: split again by seed),
+    read from this run's data.root.
+    """
     if not evaluate_input:
         from medseg.data.store import open_store
 
+        if data_cfg.layout != "synthetic" and not data_cfg.root:
+            raise DataError(
+                f"mode=evaluate reads the checkpoint's validation cases (data.layout={data_cfg.layout}) from data.root,"
+                " which this run does not set (a checkpoint never chooses folders); give data.root=<the dataset"
+                " folder>, or evaluate.input=<a labelled folder>"
+            )
         caseset = read_cases(data_cfg, cache_dir)
-        _, val = split_cases(caseset.cases, data_cfg, seed)
+        if val_ids is None:
+            _, val = split_cases(caseset.cases, data_cfg, seed)
+        else:
+            val = _cases_with_ids(caseset.cases, val_ids, data_cfg)
         check_files(val, "validation")
         store = open_store(data_cfg, cache_dir, val, caseset.root)  # the training run's store: built once
         return "validation split", data_cfg, val, store
@@ -62,6 +80,20 @@ def evaluation_cases(
         raise DataError(str(exc).replace(f"data.root={root}", f"evaluate.input={root}")) from None
     check_files(cases, "evaluation")
     return str(root), data_cfg, cases, None
+
+
+def _cases_with_ids(cases: list[dict[str, Any]], ids: list[str], data_cfg: Any) -> list[dict[str, Any]]:
+    wanted = set(ids)
+    found = [c for c in cases if c["id"] in wanted]
+    missing = sorted(wanted - {c["id"] for c in found})
+    if missing or not found:
+        where = f"data.root={data_cfg.root}" if data_cfg.root else "the demo data of this run's data.synthetic"
+        raise DataError(
+            f"{where} lacks {len(missing)} of the checkpoint's {len(wanted)} validation cases"
+            f" ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); point data.root (for data=folder also"
+            " data.images_dir / masks_dir / mask_suffix) at the data the model was trained on, or give evaluate.input"
+        )
+    return found
 
 
 def load_stored_case(

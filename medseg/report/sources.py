@@ -108,7 +108,11 @@ def read_command(folder: Path) -> str | None:
 
 
 def checkpoint_facts(path: Path) -> dict[str, Any]:
-    """Dataset, model facts, versions and config text stored in a checkpoint (tensors are memory-mapped, not read)."""
+    """Dataset, model facts, versions and config text stored in a checkpoint (tensors are memory-mapped, not read).
+
+    The config shown is what medseg takes from a stored config (medseg.config.stored: allow-listed keys,
+    checked, never resolved); a crafted one is refused as predict and evaluate refuse it.
+    """
     import torch
 
     try:
@@ -117,8 +121,13 @@ def checkpoint_facts(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(payload, dict):
         return {}
-    keys = ("dataset", "model_facts", "versions", "class_names", "config_yaml", "epoch", "best_score", "monitor")
-    return {k: payload[k] for k in keys if k in payload}
+    keys = ("dataset", "model_facts", "versions", "class_names", "epoch", "best_score", "monitor")
+    facts = {k: payload[k] for k in keys if k in payload}
+    if "config_yaml" in payload:
+        from medseg.config.stored import stored_config_text
+
+        facts["config_yaml"] = stored_config_text(payload["config_yaml"], str(path))
+    return facts
 
 
 def training_folder(ckpt: str | Path) -> Path:

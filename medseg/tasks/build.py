@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medseg.errors import CheckpointError, ConfigError
 
@@ -48,43 +48,30 @@ def build_optimizer(opt_cfg: Any, model: torch.nn.Module) -> torch.optim.Optimiz
 
 
 def config_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> DictConfig:
-    """The training run's config stored in a checkpoint, as data (OmegaConf's safe YAML loader; nothing
-    in it is instantiated here; the model is built by medseg.models.factory.build_stored_model)."""
-    from omegaconf.errors import OmegaConfBaseException
-    from yaml import YAMLError
+    """The training run's config stored in a checkpoint, sanitised: parsed as plain YAML (nothing resolved,
+    nothing instantiated), only the allow-listed architecture and preprocessing keys taken and range-checked
+    (medseg.config.stored), never a path. Folders and files come from the run's own config."""
+    from medseg.config.stored import read_stored_config, sanitised_config
 
-    text = ckpt.get("config_yaml")
-    if not isinstance(text, str):
-        raise CheckpointError(f"checkpoint {source} holds no config; it may be damaged or not from mode=train")
-    try:
-        cfg = OmegaConf.create(text)
-    except (YAMLError, OmegaConfBaseException, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {source}: its stored config cannot be read ({type(exc).__name__})") from exc
-    if not isinstance(cfg, DictConfig):
-        raise CheckpointError(f"checkpoint {source}: its stored config is not a mapping; it may be damaged")
-    return cfg
+    return sanitised_config(read_stored_config(ckpt.get("config_yaml"), source), source)
 
 
 def check_weights_fit(model: torch.nn.Module, state: Any, source: str, stored_model: str | None = None) -> None:
     """Refuse weights of another network: a tensor missing, left over, or of another shape names the first one."""
+    from medseg.models.stored_model import weights_mismatch
+
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {source} holds no model weights; it may be damaged")
-    own = model.state_dict()
+    mismatch = weights_mismatch(model.state_dict(), state)
+    if mismatch is None:
+        return
     hint = f" (it holds a {stored_model})" if stored_model else ""
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            raise ConfigError(
-                f"checkpoint {source}: {key} has shape {tuple(value.shape)} but the model has {tuple(own[key].shape)};"
-                f" the model config or number of classes differs{hint}"
-            )
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        first = f"{missing[0]!r} missing" if missing else f"{unexpected[0]!r} not in the model"
-        raise ConfigError(
-            f"checkpoint {source} holds weights of another network{hint}: {len(missing)} of {len(own)} tensors"
-            f" missing, {len(unexpected)} unknown ({first}); choose the model= it was trained with"
-        )
+    detail, same_names = mismatch
+    if same_names:
+        raise ConfigError(f"checkpoint {source}: {detail}; the model config or number of classes differs{hint}")
+    raise ConfigError(
+        f"checkpoint {source} holds weights of another network{hint}: {detail}; choose the model= it was trained with"
+    )
 
 
 def load_weights(

@@ -1,7 +1,10 @@
 """mode=evaluate: per case and per class Dice, IoU and HD95 from a checkpoint.
 
-Cases are the validation split of the checkpoint's own data (same seed, same split), or a labelled
-dataset given by evaluate.input in the training layout. Each case is predicted slice by slice (or
+Cases are the validation cases of the checkpoint's training run, or a labelled dataset given by
+evaluate.input in the training layout. The checkpoint gives the layout, the preprocessing and the
+validation case ids (older checkpoints: the seed and split settings); the folder is this run's
+data.root (a checkpoint never chooses folders; the built-in demo data is generated again under
+this run's paths.cache_dir). Each case is predicted slice by slice (or
 slab by slab for 3D models) straight into an integer label map on the label's own grid, with the
 same padding, argmax and predict.threshold (two-class models) as validation and mode=predict; no
 float volume per class is ever held.
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from medseg.config.stored import data_for_run
 from medseg.data.transforms import label_transforms, volume_transforms
 from medseg.inference.case_metrics import class_scores
 from medseg.inference.labelled_cases import evaluation_cases, load_case, load_stored_case
@@ -47,7 +51,12 @@ def run_evaluate(cfg: DictConfig) -> float | None:
     tcfg = restored.cfg
     names, k = restored.class_names, restored.num_classes
     source, data_cfg, cases, store = evaluation_cases(
-        cfg.evaluate.input, tcfg.data, str(tcfg.paths.cache_dir), int(tcfg.seed), names
+        cfg.evaluate.input,
+        data_for_run(cfg.data, tcfg),  # this run's folders, the checkpoint's preprocessing
+        str(cfg.paths.cache_dir),
+        int(tcfg.seed),
+        names,
+        restored.ckpt.get("val_case_ids"),
     )
     predictor = VolumePredictor(
         restored.model,

@@ -43,16 +43,19 @@ def override(key: str, value: str) -> str:
     return shlex.quote(f"{key}='{value}'") if "'" not in value else shlex.quote(f'{key}="{value}"')
 
 
-def next_commands(ckpt: str | Path, image: str | None, extra: list[str] | None = None) -> list[str]:
+def next_commands(
+    ckpt: str | Path, image: str | None, extra: list[str] | None = None, data: list[str] | None = None
+) -> list[str]:
     """`python run.py mode=evaluate ...` and `mode=predict ...` for checkpoint `ckpt` (relative to the working
-    folder when it lies below it); `extra` overrides (e.g. hardware=8gb) are added to both."""
+    folder when it lies below it); `extra` overrides (e.g. hardware=8gb) are added to both, `data` (where the
+    validation cases are: a checkpoint never names folders) to evaluate."""
     script = display_path(sys.argv[0]) if sys.argv and sys.argv[0].endswith("run.py") else "run.py"
     base = ["python", script]
     ckpt_arg = override("ckpt", display_path(ckpt))
     tail = list(extra or [])
     predict_input = override("predict.input", image) if image else "predict.input=<image file or folder>"
     return [
-        " ".join([*base, "mode=evaluate", ckpt_arg, *tail]),
+        " ".join([*base, "mode=evaluate", ckpt_arg, *(data or []), *tail]),
         " ".join([*base, "mode=predict", ckpt_arg, predict_input, *tail]),
     ]
 
@@ -63,9 +66,25 @@ def log_next_commands(cfg: Any, run_folder: Path) -> list[str]:
     ckpt = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
     if not ckpt.is_file():
         return []
-    commands = next_commands(ckpt, validation_image(cfg), _hardware_choice())
+    commands = next_commands(ckpt, validation_image(cfg), _hardware_choice(), data_folder(cfg.data))
     log.info("next:\n%s", "\n".join(f"  {c}" for c in commands))
     return commands
+
+
+def data_folder(data_cfg: Any) -> list[str]:
+    """data.root and the file-name keys of the folder layout where they differ from the defaults: what
+    evaluate needs to find the training run's validation cases (the demo data needs nothing)."""
+    from medseg.config.schema import DataConfig
+
+    if data_cfg.layout == "synthetic" or not data_cfg.root:
+        return []
+    words = [override("data.root", str(Path(str(data_cfg.root)).expanduser().resolve()))]
+    if data_cfg.layout == "folder":
+        default = DataConfig()
+        for key in ("images_dir", "masks_dir", "mask_suffix"):
+            if str(data_cfg[key]) != str(getattr(default, key)):
+                words.append(override(f"data.{key}", str(data_cfg[key])))
+    return words
 
 
 def _hardware_choice() -> list[str]:

@@ -1,7 +1,10 @@
 """Rebuild a trained model from a checkpoint alone (its config travels inside).
 
-The stored config is data: the model is built through the factory's allow-list
-(medseg.models.factory.build_stored_model), never by instantiating what the file names.
+The stored config is data (medseg.config.stored): only allow-listed architecture and preprocessing
+keys are read, range-checked, never resolved; the network is built through
+medseg.models.stored_model on the meta device, compared with the file's weights, then materialised.
+The checkpoint's facts (channels, classes, class names, mask values, validation case ids) are checked
+as well. Nothing read here names a folder or a file: where a run reads and writes comes from its own config.
 """
 
 from __future__ import annotations
@@ -14,45 +17,90 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from medseg.config.stored import NAME, check_ranges, names, stored_value_error
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.errors import CheckpointError
-from medseg.models.factory import build_stored_model
+from medseg.models.stored_model import build_stored_model
 from medseg.tasks.build import config_from_checkpoint
 
 log = logging.getLogger(__name__)
+
+MAX_CASE_IDS = 1_000_000
 
 
 @dataclass
 class Restored:
     model: torch.nn.Module
-    cfg: DictConfig  # the training run's resolved config
+    cfg: DictConfig  # the sanitised stored config: seed, trainer.precision, data (preprocessing), model
     class_names: list[str]
     in_channels: int
     num_classes: int
-    ckpt: dict[str, Any]
+    ckpt: dict[str, Any]  # the checkpoint as loaded; its checked facts replace the raw ones
 
 
 def restore_model(path: str | None, device: torch.device) -> Restored:
     ckpt = load_checkpoint(path)
-    train_cfg = config_from_checkpoint(ckpt, str(path))
-    try:
-        info = ckpt["dataset"]
-        dims = (int(info["in_channels"]), int(info["num_classes"]), int(info["dims"]))
-        class_names = [str(n) for n in ckpt["class_names"]]
-        state = ckpt["model"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} lacks {exc}; it may be damaged or not from mode=train") from exc
-    model = build_stored_model(train_cfg.get("model"), *dims, source=str(path))
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = " ".join(str(exc).split())[:200]
-        raise CheckpointError(
-            f"checkpoint {path}: its weights do not fit its own model config ({first}); it may be damaged"
-        ) from exc
+    source = str(path)
+    train_cfg = config_from_checkpoint(ckpt, source)
+    in_channels, num_classes, dims = checkpoint_sizes(ckpt, source)
+    class_names = checked_class_names(ckpt, num_classes, source)
+    ckpt["mask_values"] = checked_mask_values(ckpt, num_classes, source)
+    ckpt["val_case_ids"] = checked_case_ids(ckpt, source)
+    model = build_stored_model(train_cfg.model, in_channels, num_classes, dims, ckpt.get("model"), source)
     model.to(device).eval()
     log.info("restored %s (%s)", path, describe_score(ckpt))
-    return Restored(model, train_cfg, class_names, dims[0], dims[1], ckpt)
+    return Restored(model, train_cfg, class_names, in_channels, num_classes, ckpt)
+
+
+def checkpoint_sizes(ckpt: dict[str, Any], source: str) -> tuple[int, int, int]:
+    """(in_channels, num_classes, dims) of the stored dataset facts, range-checked like config values."""
+    info = ckpt.get("dataset")
+    try:
+        sizes = {k: info[k] for k in ("in_channels", "num_classes", "dims")}
+    except (KeyError, TypeError):
+        raise CheckpointError(
+            f"checkpoint {source} lacks its dataset facts; it may be damaged or not from mode=train"
+        ) from None
+    check_ranges(
+        {
+            "model": {"in_channels": sizes["in_channels"], "out_channels": sizes["num_classes"]},
+            "data": {"num_classes": sizes["num_classes"], "dims": sizes["dims"]},
+        },
+        source,
+    )
+    return int(sizes["in_channels"]), int(sizes["num_classes"]), int(sizes["dims"])
+
+
+def checked_class_names(ckpt: dict[str, Any], num_classes: int, source: str) -> list[str]:
+    value = ckpt.get("class_names")
+    problem = names(NAME)(value) if value is not None else "must be a list of names"
+    if not problem and len(value) != num_classes:
+        problem = f"must name the {num_classes} classes of its weights"
+    if problem:
+        raise stored_value_error(source, "class_names", value, problem)
+    return [str(n) for n in value]
+
+
+def checked_mask_values(ckpt: dict[str, Any], num_classes: int, source: str) -> list[int] | None:
+    """The stored mask value of each class (predict writes them back), or None."""
+    value = ckpt.get("mask_values")
+    if value is None:
+        return None
+    check_ranges({"data": {"mask_values": value}}, source)
+    if len(value) != num_classes:
+        raise stored_value_error(source, "mask_values", value, f"must hold one value per class ({num_classes})")
+    return [int(v) for v in value]
+
+
+def checked_case_ids(ckpt: dict[str, Any], source: str) -> list[str] | None:
+    """The ids of the training run's validation cases (None in checkpoints older than this key)."""
+    value = ckpt.get("val_case_ids")
+    if value is None:
+        return None
+    ok = isinstance(value, list) and len(value) <= MAX_CASE_IDS
+    if not (ok and all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)):
+        raise stored_value_error(source, "val_case_ids", value, "must be a list of case ids")
+    return list(value)
 
 
 def describe_score(ckpt: dict[str, Any]) -> str:

@@ -28,7 +28,13 @@ from medseg.models.input_size import fill_input_size
 from medseg.precision import resolve_precision
 from medseg.runtime import apply_backend_flags, run_dir, seed_everything, select_device
 from medseg.sweeps.trial_context import current_trial
-from medseg.tasks.build import build_optimizer, build_train_loss, check_weights_fit, load_weights
+from medseg.tasks.build import (
+    build_optimizer,
+    build_train_loss,
+    check_weights_fit,
+    config_from_checkpoint,
+    load_weights,
+)
 from medseg.tracking.base import build_trackers
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     device = ddp.device if ddp is not None else select_device(cfg.hardware.device)
     apply_backend_flags(cfg.hardware, bool(tcfg.deterministic))
     ckpt = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
+    if ckpt is not None and tcfg.resume:  # its stored config must be data as for predict (never used here)
+        config_from_checkpoint(ckpt, str(cfg.ckpt))
 
     # 1. data: cases -> split -> checks -> cached datasets -> loaders
     with ddp.rank0_first() if ddp is not None else contextlib.nullcontext():  # rank 0 writes shared caches
@@ -103,8 +111,8 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     )
 
     # 3. callbacks and trackers
-    resume_ids = dict(ckpt.get("tracker_ids", {})) if (ckpt is not None and tcfg.resume) else {}
-    trackers = build_trackers(cfg.logger, out, resume_ids) if main_process else []
+    resumed = ckpt if (ckpt is not None and tcfg.resume) else None
+    trackers = build_trackers(cfg.logger, out, resumed, str(cfg.ckpt)) if main_process else []
     facts = {"dataset": info.as_dict(), "model": model_facts, "hardware": cfg.hardware.name, "device": str(device)}
     plain_cfg = redact_config(cfg)  # secrets masked before anything leaves this process
     for tracker in trackers:
@@ -130,6 +138,7 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         "class_names": info.class_names,
         "mask_values": info.mask_values,  # stored mask value per class (e.g. [0, 255]); predict writes them back
         "dataset": info.as_dict(),
+        "val_case_ids": list(info.val_cases),  # evaluate scores these, read from its own data.root
         "model_facts": model_facts,
         "versions": library_versions(),
         "tracker_ids": {t.name: t.run_id for t in trackers if t.run_id},

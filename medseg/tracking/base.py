@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import ConfigError
+from medseg.errors import CheckpointError, ConfigError
+
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a tracker's run id as a checkpoint may carry it (no path)
 
 
 class Tracker:
-    """Receives metrics; subclasses write them somewhere. Non-scalar values are skipped by default."""
+    """Receives metrics; subclasses write them somewhere. Non-scalar values are skipped by default.
+
+    A tracker that continues an earlier run by its id (`resumes_by_id`) gets the id a checkpoint carries,
+    checked to be a plain id; the others start afresh and receive the earlier epochs through `resume`.
+    """
 
     run_id: str | None = None
+    resumes_by_id = False
+
+    def resume(self, history: list[dict[str, Any]]) -> None:
+        """The epoch records of the run being resumed (the checkpoint's history), before any new epoch."""
 
     def log_config(self, config: dict[str, Any], facts: dict[str, Any]) -> None: ...
 
@@ -43,19 +54,51 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def build_trackers(logger_cfg: Any, run_dir: Path, resume_ids: dict[str, str] | None = None) -> list[Tracker]:
+def build_trackers(
+    logger_cfg: Any, run_dir: Path, resume: dict[str, Any] | None = None, source: str = "checkpoint"
+) -> list[Tracker]:
+    """Every tracker under `logger:`; with `resume` (the checkpoint of trainer.resume=true, named `source`)
+    each continues the earlier run: by its checked id, or from the checkpoint's history. Nothing of the
+    checkpoint names a file or a folder here."""
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
+    ids, history = _resume_state(resume, source) if resume is not None else ({}, [])
     trackers = []
     for name, node in (logger_cfg or {}).items():
         if not node:
             continue
         try:
-            tracker = instantiate(node, run_dir=str(run_dir), resume_id=(resume_ids or {}).get(name))
+            by_id = bool(getattr(get_class(str(node.get("_target_"))), "resumes_by_id", False))
+            resume_id = _checked_id(ids.get(name), name, source) if by_id else None
+            tracker = instantiate(node, run_dir=str(run_dir), resume_id=resume_id)
         except InstantiationException as exc:
             cause = exc.__cause__ or exc
             raise ConfigError(f"cannot start logger.{name}: {' '.join(str(cause).split())[:300]}") from exc
+        except ImportError as exc:
+            raise ConfigError(f"cannot start logger.{name}: {exc}") from exc
         tracker.name = name
+        if history:
+            tracker.resume(history)
         trackers.append(tracker)
     return trackers
+
+
+def _resume_state(ckpt: dict[str, Any], source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    ids = ckpt.get("tracker_ids") or {}
+    history = ckpt.get("history") or []
+    if not isinstance(ids, dict) or not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise CheckpointError(f"checkpoint {source}: its tracker ids or history are not plain data; it may be damaged")
+    return ids, history
+
+
+def _checked_id(value: Any, name: str, source: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
+        shown = repr(value)[:80]
+        raise CheckpointError(
+            f"checkpoint {source}: its logger.{name} run id {shown} is not a run id (letters, digits, - and _);"
+            " the file may be crafted or damaged"
+        )
+    return value

@@ -1,7 +1,7 @@
 """CSV tracker: one row per epoch with every scalar metric, columns added as they appear.
 
-Its run_id is the file's path, so a resumed training (trainer.resume=true) starts its table with the
-earlier run's rows up to the epoch it resumes from.
+A resumed training (trainer.resume=true) starts its table with the epochs of the checkpoint's own
+history (the same records history.json holds), so no file named by the checkpoint is ever read.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from medseg.tracking.base import Tracker, scalars
 class CSVTracker(Tracker):
     def __init__(self, run_dir: str, filename: str = "metrics.csv", resume_id: str | None = None) -> None:
         self.path = Path(run_dir) / filename
-        self.run_id = str(self.path.resolve())
-        self.rows: list[dict[str, Any]] = _read_rows(Path(resume_id)) if resume_id else []
+        self.rows: list[dict[str, Any]] = []
+
+    def resume(self, history: list[dict[str, Any]]) -> None:
+        self.rows = [scalars(record) for record in history]
 
     def log_epoch(self, record: dict[str, Any], step: int) -> None:
         epoch = record.get("epoch")
@@ -34,13 +36,6 @@ class CSVTracker(Tracker):
         writer.writeheader()
         writer.writerows(self.rows)
         write_text(self.path, buf.getvalue())
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
 
 def _epoch(row: dict[str, Any]) -> int | None:

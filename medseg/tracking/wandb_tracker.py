@@ -27,6 +27,8 @@ EPOCH_KEYS = ("train/*", "val/*", "gap/*", "overfit/*", "best/*", "time/*", "gpu
 
 
 class WandbTracker(Tracker):
+    resumes_by_id = True
+
     def __init__(
         self,
         run_dir: str,
