@@ -180,14 +180,17 @@ def test_train_folder_end_to_end_and_predict_writes_0_255(compose, tmp_path: Pat
     written = np.asarray(Image.open(pred_dir / "img_000.png"))
     assert written.shape == (32, 32)
     assert set(np.unique(written).tolist()) <= {0, 255}
-    _evaluate_scores_every_val_case(compose, ckpt_path, tmp_path / "eval", n_val=2, classes=["class_1"])
+    _evaluate_scores_every_val_case(
+        compose, ckpt_path, tmp_path / "eval", 2, ["class_1"], f"data.root={root}", "data.mask_suffix=_mask"
+    )
 
 
-def _evaluate_scores_every_val_case(compose, ckpt: Path, out: Path, n_val: int, classes: list[str]) -> None:
-    """mode=evaluate maps the stored labels the same way training did (0/255, merged structures)."""
+def _evaluate_scores_every_val_case(compose, ckpt: Path, out: Path, n_val: int, classes: list[str], *data: str) -> None:
+    """mode=evaluate maps the stored labels the same way training did (0/255, merged structures); the dataset
+    folder (and a folder layout's file naming) come from this run's `data` overrides, never from the checkpoint."""
     from medseg.tasks.evaluate import run_evaluate
 
-    run_evaluate(compose("mode=evaluate", f"ckpt={ckpt}", "evaluate.hd95=false", output_dir=out))
+    run_evaluate(compose("mode=evaluate", f"ckpt={ckpt}", *data, "evaluate.hd95=false", output_dir=out))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == n_val and list(summary["per_class"]) == classes
 
@@ -199,7 +202,9 @@ def test_train_totalseg_end_to_end_writes_label_map(compose, tmp_path: Path) -> 
     label_map = json.loads((out / "label_map.json").read_text())
     assert label_map == {"0": "background", **{str(k + 1): f"structure_{k:03d}" for k in range(5)}}
     names = [f"structure_{k:03d}" for k in range(5)]
-    _evaluate_scores_every_val_case(compose, out / "checkpoints" / "last.pt", tmp_path / "eval", 1, names)
+    _evaluate_scores_every_val_case(
+        compose, out / "checkpoints" / "last.pt", tmp_path / "eval", 1, names, f"data.root={root}"
+    )
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ import torch
 from monai.transforms import Transform
 from torch.utils.data import Dataset
 
+from medseg.data.image_loading import load_image
+
 
 class GuardedChain(Transform):
     """Run a transform chain; on failure return {'id', '_error'} instead of raising.
@@ -76,9 +78,7 @@ def describe_failure(case: dict, exc: Exception) -> str:
 
 
 def _first_unreadable(paths: list[str]) -> tuple[str, str] | None:
-    from monai.transforms import LoadImage
-
-    loader = LoadImage(image_only=True)
+    loader = load_image(image_only=True)
     for path in paths:
         try:
             loader(path)

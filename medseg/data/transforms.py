@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medseg.data.image_loading import load_image, load_imaged
+
 KEYS = ("image", "label")
 
 
@@ -84,7 +86,7 @@ def volume_transforms(data_cfg: Any, with_label: bool = True) -> Any:
 
     keys = list(KEYS) if with_label else ["image"]
     modes = ["bilinear", "nearest"][: len(keys)]
-    chain: list = [T.LoadImaged(keys="image", image_only=True, ensure_channel_first=True)]
+    chain: list = [load_imaged(keys="image", image_only=True, ensure_channel_first=True)]
     if with_label:
         chain += load_label_transforms(data_cfg)
     if data_cfg.spacing:  # needs the affine, so before the metadata is dropped
@@ -97,7 +99,6 @@ def volume_transforms(data_cfg: Any, with_label: bool = True) -> Any:
 
 def load_label_transforms(data_cfg: Any) -> list:
     """Label file(s) -> class indices (1, *spatial): per-structure masks merged, stored values mapped."""
-    from monai import transforms as T
 
     if data_cfg.layout == "totalseg":
         return [MergeStructuresd("label")]
@@ -106,7 +107,7 @@ def load_label_transforms(data_cfg: Any) -> list:
         from monai.data import PILReader
 
         reader = PILReader(converter=_palette_to_rgb)
-    chain: list = [T.LoadImaged(keys="label", image_only=True, ensure_channel_first=True, reader=reader)]
+    chain: list = [load_imaged(keys="label", image_only=True, ensure_channel_first=True, reader=reader)]
     return [*chain, MapMaskValuesd("label", data_cfg.mask_values, data_cfg.colour_map)]
 
 
@@ -187,12 +188,11 @@ class MergeStructuresd:
         import numpy as np
         import torch
         from monai.data import MetaTensor
-        from monai.transforms import LoadImage
 
         paths = item[self.key]
         if isinstance(paths, str):
             paths = [paths]
-        first = LoadImage(image_only=True, ensure_channel_first=True)(paths[0])
+        first = load_image(image_only=True, ensure_channel_first=True)(paths[0])
         merged = np.zeros(tuple(first.shape[1:]), dtype=np.int16)
         merged[np.asarray(first[0]) > 0] = 1
         for i, path in enumerate(paths[1:], start=2):

@@ -97,9 +97,9 @@ def write_overlay(path: Path, raw: np.ndarray, pred: np.ndarray, truth: np.ndarr
 
 
 def _raw_image(path: Path) -> np.ndarray:
-    from monai.transforms import LoadImage
+    from medseg.data.image_loading import load_image
 
-    return np.asarray(LoadImage(image_only=True)(str(path)))
+    return np.asarray(load_image(image_only=True)(str(path)))
 
 
 def _ensure_writable(folder: Path) -> None:
