@@ -21,7 +21,8 @@ def test_recipe_settings(compose):
     cfg = compose("experiment=totalseg_unet2d", tiny=False)
     assert list(cfg.model.channels) == [32, 64, 128, 256] and list(cfg.data.image_size) == [256, 256]
     assert (cfg.data.batch_size, cfg.optimizer.lr, cfg.trainer.max_epochs) == (16, 1e-3, 20)
-    assert (cfg.scheduler.params.T_max, cfg.scheduler.params.eta_min, cfg.data.intensity.preset) == (20, 1e-6, "ct")
+    # the cosine spans the run it is given (null = trainer.max_epochs after warm-up), not a fixed 20 epochs
+    assert (cfg.scheduler.params.T_max, cfg.scheduler.params.eta_min, cfg.data.intensity.preset) == (None, 1e-6, "ct")
     assert cfg.trainer.log_images_every_n_epochs == 1
     cfg = compose("experiment=uwm_gi_segformer", tiny=False)
     assert cfg.model.variant == "b0" and list(cfg.data.image_size) == [288, 288]
@@ -39,6 +40,64 @@ def test_recipe_settings(compose):
         tiny=False,
     )
     assert cfg.scheduler.params._target_.endswith("ReduceLROnPlateau")
+
+
+RUN_LENGTH_KEYS = ("T_max", "total_steps", "total_iters", "T_0")
+
+
+@pytest.mark.parametrize("recipe", ["pytorch_unet", "totalseg_unet2d", "uwm_gi_segformer"])
+def test_recipe_names_its_run_folder_and_its_schedule_follows_the_run_length(compose, recipe):
+    cfg = compose(f"experiment={recipe}", "trainer.max_epochs=3", tiny=False)
+    assert cfg.task_name == recipe  # the run folder is outputs/<task_name>/...
+    params = cfg.scheduler.params or {}
+    fixed = {k: params[k] for k in RUN_LENGTH_KEYS if k in params and params[k] is not None}
+    assert fixed == {}, f"{recipe} fixes its schedule's length {fixed}: a shorter run would stop mid-schedule"
+
+
+def test_readme_help_and_migration_say_where_every_recipe_writes():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    recipes = sorted(p.stem for p in (root / "conf" / "experiment").glob("*.yaml"))
+    for doc in ("README.md", "docs/migration.md", "conf/hydra/help/medseg.yaml"):
+        text = (root / doc).read_text()
+        missing = [r for r in recipes if f"outputs/{r}/" not in text]
+        assert not missing, f"{doc} does not say where {missing} write"
+
+
+@pytest.mark.slow
+def test_a_recipe_run_writes_to_its_own_folder_and_ends_at_its_schedules_end(tmp_path, cache_dir):
+    """run.py as a user types it (no run folder given): the recipe's folder, task_name in the saved config,
+    and a 2-epoch run whose cosine ends at eta_min."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    root = write_totalseg(tmp_path / "totalseg", num_subjects=3, shape=(32, 32, 8), num_structures=3)
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
+    run_py = Path(__file__).resolve().parents[1] / "run.py"
+    args = [f"data.root={root}", "data.image_size=[32,32]", "model.channels=[8,16]", "trainer.max_epochs=2"]
+    args += ["logger=none", "trainer.progress_bar=false", "report.enabled=false", "trainer.log_images_every_n_epochs=0"]
+    proc = subprocess.run(
+        [sys.executable, str(run_py), "experiment=totalseg_unet2d", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "outputs" / "train").exists()
+    runs = list((tmp_path / "outputs" / "totalseg_unet2d").iterdir())
+    assert len(runs) == 1 and (runs[0] / "checkpoints" / "best.pt").is_file()
+    assert OmegaConf.load(runs[0] / ".hydra" / "config.yaml").task_name == "totalseg_unet2d"
+    last = torch.load(runs[0] / "checkpoints" / "last.pt", weights_only=True)
+    cosine = last["schedule"]["scheduler"]
+    assert cosine["T_max"] == 2 and cosine["last_epoch"] == 2
+    assert cosine["_last_lr"][0] == pytest.approx(1e-6)  # eta_min: the schedule ran to its end in 2 epochs
 
 
 def _trained(out):
