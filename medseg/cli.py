@@ -68,6 +68,9 @@ def one_line_errors(entry: Callable[..., Any]) -> Callable[..., Any]:
         if not debug:
             os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise; the message is shortened below
         try:
+            from medseg.config.groups import check_group_options
+
+            check_group_options(sys.argv[1:])  # Hydra skips an unknown option of an optional group silently
             return entry(*args, **kwargs)
         except Exception as exc:
             message = None if debug else describe_user_error(exc)
