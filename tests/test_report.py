@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +218,7 @@ def test_best_median_worst_are_distinct_cases() -> None:
 
 
 def test_labelled_figure_is_readable_and_has_a_legend_of_the_classes_shown() -> None:
-    from medseg.engine.image_panels import PRED_ONLY, labelled_figure
+    from medseg.engine.image_panels import WRONG_CLASS, labelled_figure
     from medseg.inference.image_io import PALETTE
 
     truth = np.zeros((16, 16), dtype=np.int64)
@@ -228,7 +229,7 @@ def test_labelled_figure_is_readable_and_has_a_legend_of_the_classes_shown() -> 
     assert fig.shape[1] >= 4 * 256  # 16 px tiles enlarged to 256 px
     legend = fig[-40:].reshape(-1, 3)  # the legend: a swatch for pancreas (5) and the comparison colours
     colours = {tuple(int(v) for v in c) for c in np.unique(legend, axis=0)}
-    assert tuple(int(v) for v in PALETTE[5]) in colours and PRED_ONLY in colours
+    assert tuple(int(v) for v in PALETTE[5]) in colours and WRONG_CLASS in colours
     assert tuple(int(v) for v in PALETTE[4]) not in colours  # aorta is not shown, so not in the legend
 
 
@@ -245,3 +246,145 @@ def test_epoch_axes_tick_whole_epochs() -> None:
     assert all(ax.dtick is None and ax.tickformat == "d" for ax in long.select_xaxes())
     trials = trial_curves([{"number": 0, "history": history(3)}], "val/dice")
     assert trials.layout.xaxis.dtick == 1
+
+
+# ---------------------------------------------------------------- what the overlays and the per-class table say
+def _poor_model():
+    """A deliberately poor 'model': finds the two structures by their intensity but names each the other's
+    class (1 <-> 2); calls a faint bar of background class 1 (extra), a faint band of the square background
+    (missed), and only the square's bright edge (intensity 3) by its own class (correct)."""
+    import torch
+
+    class SwapsClasses(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            v = x[:, :1]
+            near = [-((v - c) ** 2) for c in (0.0, 2.5, 1.0)]  # class 1 answers to intensity 2 and 3, class 2 to 1
+            near[1] = near[1] + 5.0 * (v > 0.3).float() * (v < 0.7).float()  # the bar (0.5) as class 1: extra
+            return torch.cat(near, 1) * 10
+
+    return SwapsClasses()
+
+
+def _volumes(n: int) -> list[dict]:
+    import torch
+
+    out = []
+    for k in range(n):
+        image = np.zeros((1, 24, 24, 6), dtype=np.float32)
+        label = np.zeros((1, 24, 24, 6), dtype=np.float32)
+        label[0, 3 : 10 + k, 3:10, 1:5] = 1  # a square, class 1
+        yy, xx = np.mgrid[:24, :24]
+        disk = (yy - 16) ** 2 + (xx - 15) ** 2 <= (4 + k % 2) ** 2
+        label[0, disk, 2:5] = 2  # a disk, class 2
+        image[0] = label[0]
+        image[0, 12:14, 2:22, :] = np.where(label[0, 12:14, 2:22, :] == 0, 0.5, image[0, 12:14, 2:22, :])
+        image[0, 3:5, 3:10, :] *= 0.1  # a faint band of the square: the model sees background there
+        image[0, 7 + k : 10 + k, 3:10, :] *= 3.0  # the square's bright edge: intensity 3
+        out.append({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+    return out
+
+
+def _poor_run(folder: Path) -> Path:
+    """A training run folder as a run leaves it: history (best val/dice at epoch 2 of 3), best.pt saved at
+    epoch 2, label_map.json, and the overlays the end of training draws, here with the poor model."""
+    import torch
+
+    from medseg.io_utils import write_json
+    from medseg.precision import resolve_precision
+    from medseg.report.overlays import write_validation_overlays
+
+    names = ["background", "liver", "spleen"]
+    history = [
+        {"epoch": e, "train/loss": 1.0 / e, "lr": 1e-3, "val/dice": d, "val/dice/liver": lv, "val/dice/spleen": sp}
+        for e, d, lv, sp in [(1, 0.40, 0.41, 0.39), (2, 0.80, 0.82, 0.78), (3, 0.60, 0.63, 0.57)]
+    ]
+    write_json(folder / "history.json", history)
+    write_json(folder / "label_map.json", {str(i): n for i, n in enumerate(names)})
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 2, "best_epoch": 2, "monitor": "val/dice", "best_score": 0.8}, folder / "checkpoints/best.pt")
+    torch.save({"epoch": 3, "best_epoch": 2, "monitor": "val/dice", "best_score": 0.8}, folder / "checkpoints/last.pt")
+    write_validation_overlays(
+        _poor_model(),
+        _volumes(3),
+        ["case_a", "case_b", "case_c"],
+        lambda x, m: m(x),
+        torch.device("cpu"),
+        resolve_precision("32", torch.device("cpu")),
+        names,
+        folder,
+        max_cases=3,
+        slices=2,
+        slice_axis=2,
+    )
+    return folder
+
+
+WRONG_CLASS_PIXELS_JS = """(() => {
+  const img = document.querySelector('.overlays img');
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] === %d && d[i + 1] === %d && d[i + 2] === %d) n++;
+  return n;
+})()"""
+
+
+def test_agreement_colours_never_stand_for_a_class() -> None:
+    from medseg.engine.image_panels import AGREEMENT
+    from medseg.inference.image_io import PALETTE
+
+    colours = [np.array(rgb) for _, rgb, _ in AGREEMENT]
+    for c in colours:  # far from every class colour, not only unequal
+        assert np.min(np.linalg.norm(PALETTE[1:].astype(float) - c, axis=1)) > 100
+    assert len({tuple(c) for c in colours}) == 4
+
+
+@needs_chromium
+def test_report_overlays_show_wrong_classes_with_a_legend_and_the_table_describes_best_pt(tmp_path: Path) -> None:
+    from medseg.engine.image_panels import WRONG_CLASS
+    from medseg.report import write_report
+    from tests.browser import Page
+
+    run = _poor_run(tmp_path / "run")
+    path = write_report(run)
+    with Page() as page:
+        page.open(path)
+        assert page.wait_until("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        legend = page.evaluate("document.querySelector('#agreement-legend').textContent")
+        for kind in ("correct", "wrong class", "missed", "extra"):
+            assert kind in legend
+        # the poor model's errors are drawn as what they are: wrong class, not "both"
+        assert page.evaluate(WRONG_CLASS_PIXELS_JS % WRONG_CLASS) > 100
+        captions = page.evaluate(
+            "Array.from(document.querySelectorAll('.overlays figcaption')).map(f => f.textContent)"
+        )
+        assert len(captions) == 3 and all(re.search(r"wrong class [1-9]", c) for c in captions), captions
+        assert "slices None" not in page.evaluate("document.body.textContent")
+        assert page.evaluate("document.querySelector('#overlays').textContent") == "Best, median and worst cases"
+        note = page.evaluate("document.querySelector('#classes').nextElementSibling.textContent")
+        assert "epoch 2" in note and "best.pt" in note, note
+        rows = page.evaluate(ROWS_JS.format("class-table"))
+        assert {r[0]: float(r[1]) for r in rows} == {"liver": 0.82, "spleen": 0.78}  # epoch 2, not the last (3)
+        page.screenshot(tmp_path / "report_poor_model.png")
+        assert page.problems() == []
+
+
+def test_overlay_heading_says_how_many_cases_there_are(tmp_path: Path) -> None:
+    from medseg.report.run_report import overlay_heading
+
+    assert overlay_heading(["best", "median", "worst"]) == "Best, median and worst cases"
+    assert overlay_heading(["best", "worst"]) == "Best and worst cases"
+    assert overlay_heading(["best"]) == "The one scored case"
+
+
+def test_validation_panels_show_different_cases(compose) -> None:
+    from medseg.data.datamodule import build_data
+    from medseg.engine.image_panels import choose_items
+
+    cfg = compose("data.synthetic.num_cases=9", "data.val_percent=40", "data.dims=2")
+    dataset = build_data(cfg).val_loader.dataset
+    picked = choose_items(dataset, 4)
+    cases = {dataset.case_index(i) for i in picked}
+    assert len(picked) == 4 and len(cases) == min(4, len(dataset.case_ids)) >= 3

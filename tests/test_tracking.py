@@ -198,20 +198,21 @@ def test_csv_and_tensorboard_log_every_epoch_with_images_and_histograms(compose,
 def test_image_panel_colours_truth_prediction_and_agreement() -> None:
     import numpy as np
 
-    from medseg.engine.image_panels import BOTH, PRED_ONLY, TRUTH_ONLY, panel
+    from medseg.engine.image_panels import CORRECT, EXTRA, MISSED, WRONG_CLASS, panel
 
     image = np.zeros((4, 4), dtype=np.float32)
     truth = np.zeros((4, 4), dtype=np.int64)
     pred = np.zeros((4, 4), dtype=np.int64)
-    truth[0, :2] = 1  # (0,0) both, (0,1) truth only
-    pred[0, 0] = pred[1, 0] = 1  # (1,0) prediction only
+    truth[0, :3] = 1  # (0,0) correct, (0,1) missed, (0,2) wrong class
+    pred[0, 0] = pred[1, 0] = 1  # (1,0) extra
+    pred[0, 2] = 2
     out = panel(image, truth, pred)
     assert out.shape == (4, 4 * 4 + 3 * 2, 3) and out.dtype == np.uint8
     compare = out[:, 3 * 6 :]
-    expected = {(0, 0): BOTH, (0, 1): TRUTH_ONLY, (1, 0): PRED_ONLY}
+    expected = {(0, 0): CORRECT, (0, 1): MISSED, (0, 2): WRONG_CLASS, (1, 0): EXTRA}
     for (r, c), colour in expected.items():
-        assert tuple(compare[r, c]) == tuple(int(0.55 * v) for v in colour)
-    assert tuple(compare[3, 3]) == (0, 0, 0)
+        assert tuple(compare[r, c]) == colour
+    assert tuple(compare[3, 3]) == (160, 160, 160)  # background: the faded input
 
 
 @pytest.mark.gpu

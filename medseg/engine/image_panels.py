@@ -1,7 +1,8 @@
 """Every N epochs: the model on a fixed few validation items, drawn as panels for the trackers.
 
 One row per item, left to right: the input, the ground truth in class colours, the prediction in
-class colours, and the two compared (truth only green, prediction only red, both yellow). Column titles
+class colours, and the two compared voxel by voxel: correct class, wrong class, missed (truth only),
+extra (prediction only), in AGREEMENT colours that no class ever has, over a faded input. Column titles
 above, a row label (item and case) on the left of each row, and a legend naming every class shown and
 the comparison colours below; small images are enlarged (nearest neighbour) to at least MIN_TILE px so
 thin structures stay visible. Each item's figure is sent to every tracker (Tracker.log_images); all
@@ -20,9 +21,18 @@ from medseg.engine.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
-TRUTH_ONLY, PRED_ONLY, BOTH = (60, 180, 75), (230, 25, 75), (255, 225, 25)
+# The last column: how prediction and truth agree at each voxel. None of these colours is in the class
+# palette (medseg.inference.image_io.PALETTE), so a reader never takes an error for a class; a test checks it.
+# Drawn solid on a faded (light) copy of the input, so dark colours stand out on any image.
+CORRECT, WRONG_CLASS, MISSED, EXTRA = (0, 100, 0), (0, 0, 255), (0, 0, 0), (140, 70, 0)
+AGREEMENT = (
+    ("correct", CORRECT, "truth and prediction name the same class"),
+    ("wrong class", WRONG_CLASS, "both name a structure, but not the same class"),
+    ("missed", MISSED, "a structure in the truth, background in the prediction"),
+    ("extra", EXTRA, "background in the truth, a structure in the prediction"),
+)
 CANDIDATES = 64  # validation items looked at when choosing the ones with the most foreground
-COLUMN_TITLES = ("input", "truth", "prediction", "truth vs prediction")
+COLUMN_TITLES = ("input", "truth", "prediction", "agreement")
 MIN_TILE = 256  # px: tiles are enlarged by a whole factor until their shorter side reaches this
 MAX_TILE = 320  # px: larger slices are shrunk to this (a figure row of 4 tiles fits a page; files stay small)
 FONT_SIZE = 16
@@ -60,7 +70,8 @@ class ImagePanels(Callback):
             return
         heading = f"validation, epoch {trainer.epoch}"
         panels = [labelled_figure([r], [lab], names, heading) for r, lab in zip(rows, labels)]
-        captions = [f"{lab}: input | truth | prediction | truth green, prediction red, both yellow" for lab in labels]
+        key = ", ".join(f"{name} {_colour_name(rgb)}" for name, rgb, _ in AGREEMENT)
+        captions = [f"{lab}: input | truth | prediction | agreement ({key})" for lab in labels]
         for tracker in self.trackers:
             tracker.log_images("val/panels", panels, step=trainer.global_step, captions=captions)
         if self.folder is not None:
@@ -88,16 +99,36 @@ class ImagePanels(Callback):
 
 
 def choose_items(dataset: Any, count: int) -> list[int]:
-    """The `count` items with the most foreground among evenly spaced candidates (fixed for the run)."""
+    """`count` items among evenly spaced candidates (fixed for the run): the one with the most foreground of
+    each case, cases with more foreground first, so the panels show different cases, not neighbouring
+    slices of one; only when there are fewer cases than `count` does a case give a second item."""
     n = len(dataset)
     if n == 0:
         return []
     candidates = sorted(set(np.linspace(0, n - 1, min(n, CANDIDATES)).round().astype(int).tolist()))
     if len(candidates) <= count:
         return candidates
-    foreground = [int((dataset[i]["label"] > 0).sum()) for i in candidates]
-    best = sorted(range(len(candidates)), key=lambda j: -foreground[j])[:count]
-    return sorted(candidates[j] for j in best)
+    foreground = {i: int((dataset[i]["label"] > 0).sum()) for i in candidates}
+    by_case: dict[Any, list[int]] = {}
+    for i in candidates:
+        by_case.setdefault(_case_of(dataset, i), []).append(i)
+    for items in by_case.values():
+        items.sort(key=lambda i: -foreground[i])
+    picked: list[int] = []
+    while len(picked) < count:  # round by round: each case's next best item, cases by that item's foreground
+        row = sorted((items.pop(0) for items in by_case.values() if items), key=lambda i: -foreground[i])
+        if not row:
+            break
+        picked += row[: count - len(picked)]
+    return sorted(picked)
+
+
+def _case_of(dataset: Any, i: int) -> Any:
+    """The case of item `i` (datasets of slices expose case_index); an item is its own case otherwise."""
+    try:
+        return int(dataset.case_index(i))
+    except (AttributeError, TypeError, IndexError):
+        return ("item", i)
 
 
 def panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -106,12 +137,36 @@ def panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
     grey = _grey(image)
     tiles = [grey, _blend(grey, colour(truth), truth > 0), _blend(grey, colour(pred), pred > 0)]
-    compare = np.zeros_like(grey)
-    t, p = truth > 0, pred > 0
-    compare[t & ~p], compare[p & ~t], compare[t & p] = TRUTH_ONLY, PRED_ONLY, BOTH
-    tiles.append(_blend(grey, compare, t | p))
+    tiles.append(agreement(grey, truth, pred))
     sep = np.full((grey.shape[0], _GAP, 3), 255, dtype=np.uint8)
     return np.concatenate([x for tile in tiles for x in (tile, sep)][:-1], axis=1)
+
+
+def agreement(grey: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(height, width, 3) uint8: the input faded to light greys (160-230), and each voxel where truth or
+    prediction has a structure painted solid in its AGREEMENT colour: correct, wrong class, missed or extra."""
+    out = (160 + grey.astype(np.float32) * (70 / 255)).astype(np.uint8)
+    t, p = truth > 0, pred > 0
+    out[t & p & (truth == pred)] = CORRECT
+    out[t & p & (truth != pred)] = WRONG_CLASS
+    out[t & ~p] = MISSED
+    out[p & ~t] = EXTRA
+    return out
+
+
+def agreement_counts(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """Voxels per agreement kind (what the last column paints)."""
+    t, p = truth > 0, pred > 0
+    return {
+        "correct": int((t & p & (truth == pred)).sum()),
+        "wrong class": int((t & p & (truth != pred)).sum()),
+        "missed": int((t & ~p).sum()),
+        "extra": int((p & ~t).sum()),
+    }
+
+
+def _colour_name(rgb: tuple[int, int, int]) -> str:
+    return {CORRECT: "dark green", WRONG_CLASS: "blue", MISSED: "black", EXTRA: "brown"}.get(tuple(rgb), str(rgb))
 
 
 def _item_label(dataset: Any, i: int) -> str:
@@ -142,7 +197,7 @@ def labelled_figure(
     present = sorted({int(c) for r in rows for a in (r[1], r[2]) for c in np.unique(a) if c > 0})
     legend: list[tuple[str, Any]] = [("classes:", None)]
     legend += [(_name(class_names, c), tuple(int(v) for v in PALETTE[c % len(PALETTE)])) for c in present]
-    legend += [("| last column:", None), ("truth only", TRUTH_ONLY), ("prediction only", PRED_ONLY), ("both", BOTH)]
+    legend += [("| agreement:", None)] + [(name, rgb) for name, rgb, _ in AGREEMENT]
     legend_lines = _wrap_legend(legend, tile_w, font)
     height = line * 2 + sum(t.shape[0] + line for t in tiles) + line * len(legend_lines) + 6
     canvas = Image.new("RGB", (tile_w + 8, height), (255, 255, 255))

@@ -83,7 +83,7 @@ def write_validation_overlays(
     slice_axis: int,
 ) -> list[dict[str, Any]]:
     """Score up to `max_cases` validation cases with `model`; draw best/median/worst; write the manifest."""
-    from medseg.engine.image_panels import labelled_figure, save_png
+    from medseg.engine.image_panels import agreement_counts, labelled_figure, save_png
 
     groups = _case_items(dataset)
     if max_cases <= 0 or not groups:
@@ -96,17 +96,23 @@ def write_validation_overlays(
         image, truth, pred, axis = _predict_case(model, dataset, groups[case], inferer, device, precision, slice_axis)
         scores[name] = case_dice(truth, pred, len(class_names))
         picks = display_slices(truth, pred, axis, slices) if truth.ndim == 3 else [None]
-        shown[name] = (picks, axis, [_cut(image, truth, pred, axis, s) for s in picks])
+        cuts = [_cut(image, truth, pred, axis, s) for s in picks]
+        counts = [agreement_counts(t, p) for _, t, p in cuts]
+        shown[name] = (picks, axis, cuts, {k: sum(c[k] for c in counts) for k in counts[0]})
         del image, truth, pred
     manifest = []
     folder = out / FOLDER
     for role, name, dice in pick_roles(scores):
-        picks, axis, rows = shown[name]
+        picks, axis, rows, counts = shown[name]
         labels = [f"slice {s} (axis {axis})" if s is not None else "" for s in picks]
         heading = f"{role} validation case: {name} · Dice {dice:.3f}"
         file = f"{role}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
         save_png(folder / file, labelled_figure(rows, labels, class_names, heading))
-        manifest.append({"role": role, "case": name, "dice": dice, "file": file, "slices": picks})
+        entry = {"role": role, "case": name, "dice": dice, "file": file, "agreement": counts}
+        entry["slices"] = [s for s in picks if s is not None]  # a 2D image has no slice number
+        if entry["slices"]:
+            entry["axis"] = axis
+        manifest.append(entry)
     write_json(folder / "overlays.json", {"scored_cases": len(scores), "overlays": manifest})
     log.info("report overlays: %d validation case(s) scored; best/median/worst drawn in %s", len(scores), folder)
     return manifest

@@ -27,9 +27,13 @@ def write_run_report(folder: str | Path, ckpt: str | Path | None = None, output:
         data.overlays = saved_overlays(data.train_dir)
         data.overlay_source = (
             "Validation cases scored with the best weights at the end of training (per-case Dice); "
-            "each row is one slice: input, truth, prediction, and the two compared."
+            "each row is one slice: input, truth, prediction, and their agreement voxel by voxel."
         )
     context = run_context(data)
+    if data.overlays and not legend:  # the training overlays: their last column's colours, explained
+        from medseg.engine.image_panels import AGREEMENT
+
+        context["agreement_legend"] = [(n, list(rgb), what) for n, rgb, what in AGREEMENT]
     if legend:
         from medseg.inference.image_io import PALETTE
 
@@ -68,9 +72,21 @@ def run_context(data: RunData) -> dict[str, Any]:
         "case_rows": case_rows,
         "case_note": f"{len(case_rows)} cases, worst mean Dice first; metrics.csv of {data.folder}",
         "overlays": [{**o, "uri": data_uri(o["png"])} for o in data.overlays],
+        "overlay_heading": overlay_heading([str(o.get("role")) for o in data.overlays]),
         "overlay_source": data.overlay_source,
         "legend": [],
+        "agreement_legend": [],
     }
+
+
+def overlay_heading(roles: list[str]) -> str:
+    """'Best, median and worst cases' only when there are three: two cases are best and worst, one is one."""
+    if len(roles) == 1:
+        return "The one scored case"
+    named = [r for r in ("best", "median", "worst") if r in roles]
+    if len(named) < 2:
+        return "Cases"
+    return (", ".join(named[:-1]) + " and " + named[-1]).capitalize() + " cases"
 
 
 def best_of(history: list[dict[str, Any]], monitor: str, mode: str) -> tuple[int | None, float | None]:
@@ -139,7 +155,8 @@ def run_facts(data: RunData, monitor: str, best_epoch: int | None, best_value: f
 
 
 def class_table(data: RunData) -> tuple[list[str], list[dict[str, Any]], str]:
-    """Per class: evaluate's per-class means when this folder holds an evaluation, else the last validation."""
+    """Per class: evaluate's per-class means when this folder holds an evaluation, else the validation of the
+    epoch whose weights best.pt holds (the weights the run hands over), said so in the source line."""
     names = data.class_names[1:] if data.class_names else []
     per_class = data.summary.get("per_class")
     if isinstance(per_class, dict) and per_class:
@@ -148,12 +165,19 @@ def class_table(data: RunData) -> tuple[list[str], list[dict[str, Any]], str]:
         return metrics, rows, f"evaluate on {data.summary.get('source', '?')} (mean over cases)"
     if not data.history or not names:
         return [], [], ""
-    last = next((r for r in reversed(data.history) if any(_per_class(r, "dice", n) is not None for n in names)), None)
-    if last is None:
+    scored = [r for r in data.history if any(_per_class(r, "dice", n) is not None for n in names)]
+    if not scored:
         return [], [], ""
-    metrics = [m for m in ("dice", "iou", "hd95") if any(_per_class(last, m, n) is not None for n in names)]
-    rows = [{"name": n, "scores": {m: _per_class(last, m, n) for m in metrics}} for n in names]
-    return metrics, rows, f"validation at epoch {last.get('epoch')} (history.json)"
+    best_epoch = data.best_checkpoint_epoch
+    record = next((r for r in scored if r.get("epoch") == best_epoch), None) if best_epoch is not None else None
+    if record is not None:
+        source = f"validation at epoch {best_epoch}, the epoch of the weights in best.pt (history.json)"
+    else:
+        record = scored[-1]
+        source = f"validation at epoch {record.get('epoch')}, the last epoch: no best.pt was found (history.json)"
+    metrics = [m for m in ("dice", "iou", "hd95") if any(_per_class(record, m, n) is not None for n in names)]
+    rows = [{"name": n, "scores": {m: _per_class(record, m, n) for m in metrics}} for n in names]
+    return metrics, rows, source
 
 
 def _per_class(record: dict[str, Any], metric: str, name: str) -> float | None:

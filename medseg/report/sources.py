@@ -34,6 +34,7 @@ class RunData:
     summary: dict[str, Any] = field(default_factory=dict)  # evaluate's summary.json
     overlays: list[dict[str, Any]] = field(default_factory=list)  # {role, case, dice, png (bytes)}
     overlay_source: str = ""
+    best_checkpoint_epoch: int | None = None  # the epoch whose weights checkpoints/best.pt holds
 
 
 def read_json(path: Path) -> Any:
@@ -130,6 +131,18 @@ def checkpoint_facts(path: Path) -> dict[str, Any]:
     return facts
 
 
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was saved at (tensors memory-mapped, not read); None when unreadable."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint only leaves the fact out
+        return None
+    epoch = payload.get("epoch") if isinstance(payload, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
 def training_folder(ckpt: str | Path) -> Path:
     """The run folder of <run>/checkpoints/<name>.pt."""
     path = Path(str(ckpt)).expanduser().resolve()
@@ -166,6 +179,9 @@ def gather_run(folder: Path, ckpt: str | Path | None = None) -> RunData:
     if not data.config_yaml:
         data.config_yaml, data.config = config_yaml, config
     best = _checkpoint_path(train_dir, ckpt)
+    best_pt = train_dir / "checkpoints" / "best.pt" if train_dir is not None else None
+    if best_pt is not None and best_pt.is_file():
+        data.best_checkpoint_epoch = checkpoint_epoch(best_pt)
     if best is not None and (not data.facts.get("dataset") or not data.config_yaml):
         stored = checkpoint_facts(best)
         data.facts.setdefault("dataset", stored.get("dataset"))
