@@ -124,6 +124,12 @@ def _config_tree(cfg: DictConfig, show: bool) -> None:
     choices, overrides = hydra_choices_and_overrides()
     secrets = secret_values(cfg)
     overrides = [redact_text(o, secrets) for o in overrides]
-    log.info("%s", run_header(str(cfg.mode), choices, overrides, out, None if show else out / "config_tree.txt"))
+    checkpoint = None
+    if cfg.mode in ("evaluate", "predict") and cfg.ckpt:  # the model, data and plan come from the checkpoint
+        from medseg.config.header import checkpoint_summary
+
+        checkpoint = checkpoint_summary(cfg.ckpt)
+    tree_file = None if show else out / "config_tree.txt"
+    log.info("%s", run_header(str(cfg.mode), choices, overrides, out, tree_file, checkpoint=checkpoint))
     if show:
         log.info("config:\n%s", tree)

@@ -252,3 +252,44 @@ def test_wandb_banner_only_when_asked(tmp_path, capfd, monkeypatch, verbose):
     if not verbose:
         assert "wandb:" not in printed
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_predict_and_evaluate_headers_show_the_checkpoints_model_data_and_plan(compose, tmp_path, caplog):
+    """Trained with SegResNet on 2D synthetic data: the header says so, not this run's model=unet optimizer=adam."""
+    from medseg.app import _config_tree
+    from medseg.config.header import checkpoint_summary, run_header
+    from medseg.tasks.train import run_train
+
+    train_dir = tmp_path / "trained"
+    run_train(
+        compose(
+            "model=segresnet",
+            "model.init_filters=8",
+            "model.blocks_down=[1,1]",
+            "model.blocks_up=[1]",
+            "data.dims=2",
+            "report.enabled=false",
+            "trainer.log_images_every_n_epochs=0",
+            output_dir=train_dir,
+        )
+    )
+    ckpt = train_dir / "checkpoints" / "best.pt"
+    for mode in ("evaluate", "predict"):
+        caplog.clear()
+        cfg = compose(f"mode={mode}", f"ckpt={ckpt}", output_dir=tmp_path / mode)
+        with caplog.at_level(logging.INFO, logger="medseg"):
+            _config_tree(cfg, show=False)
+        header = caplog.text
+        assert f"medseg mode={mode}" in header and f"checkpoint: {ckpt} (epoch 1, val/dice " in header
+        assert "model:      SegResNet" in header
+        assert "data:       synthetic · 2D · 4 classes (background, disc, square, ring)" in header
+        assert "plan:       none (trained without plan=auto)" in header
+    # the groups Hydra chose for this evaluate run are defaults that say nothing about the checkpoint
+    choices = {"model": "unet", "data": "synthetic", "optimizer": "adam", "scheduler": "cosine", "hardware": "cpu"}
+    text = run_header("evaluate", choices, ["hardware=cpu"], tmp_path, checkpoint=checkpoint_summary(ckpt))
+    assert "groups:     hardware=cpu" in text
+    for default in ("model=unet", "data=synthetic", "optimizer=adam", "scheduler=cosine"):
+        assert default not in text
+    # a group the user typed for this run (the data to evaluate on) is shown
+    text = run_header("evaluate", choices, ["data=synthetic"], tmp_path, checkpoint=checkpoint_summary(ckpt))
+    assert "groups:     data=synthetic hardware=cpu" in text
