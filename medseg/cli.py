@@ -67,6 +67,9 @@ def one_line_errors(entry: Callable[..., Any]) -> Callable[..., Any]:
         os.environ["_MEDSEG_USER_DEBUG"] = "1" if debug else "0"
         if not debug:
             os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra raise; the message is shortened below
+        from medseg.failed_run import mark_start
+
+        mark_start()  # files older than this in a run folder are not this run's
         try:
             from medseg.config.groups import check_group_options
 
@@ -103,9 +106,20 @@ def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             _to_log_file(message)
             print(f"medseg: error: {message}", file=sys.stderr)
+            _discard_run_folder()
             raise SystemExit(EXIT_USER_ERROR) from None
 
     return wrapper
+
+
+def _discard_run_folder() -> None:
+    """A single run that failed before producing anything leaves no folder (medseg.failed_run says when)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from medseg.failed_run import discard_if_empty
+
+    if HydraConfig.initialized():
+        discard_if_empty(HydraConfig.get().runtime.output_dir)
 
 
 def _is_multirun() -> bool:

@@ -895,3 +895,22 @@ def test_rows_agree_with_a_real_process(finished, cache_dir: Path, tmp_path: Pat
         if row.check is not None:
             row.check(ctx, Outcome(proc.returncode, proc.stdout, proc.stderr))
     assert snapshot(run) == before
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder_and_deletes_nothing_of_the_users(
+    entry, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A misspelt data.root: the run folder Hydra made for it is gone; a folder that already held a user's
+    file keeps it (and Hydra's files of this run stay beside it)."""
+    bad = ["data=msd", f"data.root={tmp_path}/no_such_dataset", *RUN]
+    fresh = tmp_path / "outputs" / "train" / "2026-01-01_00-00-00"
+    outcome = call_entry(entry, [f"hydra.run.dir={fresh}", *bad], cache_dir)
+    assert_one_line_error(outcome, r"no_such_dataset")
+    assert not fresh.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    os.utime(mine / "notes.txt", (1e9, 1e9))  # written long before this run
+    outcome = call_entry(entry, [f"hydra.run.dir={mine}", *bad], cache_dir)
+    assert_one_line_error(outcome, r"no_such_dataset")
+    assert (mine / "notes.txt").read_text() == "my notes" and (mine / ".hydra" / "config.yaml").is_file()
