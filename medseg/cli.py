@@ -40,11 +40,36 @@ def describe_user_error(exc: BaseException) -> str | None:
         key = getattr(omega, "full_key", None)
         first = str(omega).strip().splitlines()[0] if str(omega).strip() else type(omega).__name__
         where = f"{key}: " if key else ""
-        return _masked(f"config error: {where}{first} (python run.py --cfg job lists the keys and values)")
+        hint = _closest_key(omega)
+        return _masked(f"config error: {where}{first}{hint} (python run.py --cfg job lists the keys and values)")
     if isinstance(exc, HydraException):
         text = str(exc).split("Config search path")[0]
         return _masked("config error: " + _flat(text))
     return None
+
+
+def _closest_key(omega: BaseException) -> str:
+    """'; did you mean trainer.max_epochs?' for a key the config does not have, when one is close."""
+    import dataclasses
+    import difflib
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    key, full_key = getattr(omega, "key", None), getattr(omega, "full_key", None)
+    if not isinstance(omega, (ConfigKeyError, ConfigAttributeError)) or not key or not full_key:
+        return ""
+    keys: list[str] = []
+    parent = getattr(omega, "parent_node", None)
+    if parent is not None and hasattr(parent, "keys"):
+        keys = [str(k) for k in parent.keys()]
+    kind = getattr(omega, "object_type", None)
+    if not keys and dataclasses.is_dataclass(kind):
+        keys = [f.name for f in dataclasses.fields(kind)]
+    close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    prefix = str(full_key)[: -len(str(key))] if str(full_key).endswith(str(key)) else ""
+    return f"; did you mean {prefix}{close[0]}?"
 
 
 def _flat(text: str) -> str:

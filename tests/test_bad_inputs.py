@@ -224,7 +224,8 @@ class Row:
 
 
 CONFIG_ROWS = [
-    Row("typo-key", _args("trainer.max_epoch=3"), r"trainer\.max_epoch"),
+    Row("typo-key", _args("trainer.max_epoch=3"), r"trainer\.max_epoch\b.*did you mean trainer\.max_epochs\?"),
+    Row("typo-nested-key", _args("data.intensity.presett=ct"), r"did you mean data\.intensity\.preset\?"),
     Row("wrong-type", _args("trainer.max_epochs=abc"), r"trainer\.max_epochs"),
     Row("wrong-type-list", _args("data.batch_size=[1,2]"), r"data\.batch_size"),
     Row("unknown-option", _args("model=unet9"), r"model.*unet9"),
@@ -831,7 +832,7 @@ ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORED_ROWS + STORAGE_ROWS + SECRET
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 80
+    assert len(ROWS) >= 81
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 
