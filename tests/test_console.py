@@ -293,3 +293,22 @@ def test_predict_and_evaluate_headers_show_the_checkpoints_model_data_and_plan(c
     # a group the user typed for this run (the data to evaluate on) is shown
     text = run_header("evaluate", choices, ["data=synthetic"], tmp_path, checkpoint=checkpoint_summary(ckpt))
     assert "groups:     data=synthetic hardware=cpu" in text
+
+
+@pytest.mark.parametrize("classes", [1, 3, 4, 12])
+def test_evaluate_best_and_worst_lists_never_name_a_class_twice(classes, caplog):
+    from medseg.inference.scores_summary import log_summary, summarise
+
+    names = ["background", *(f"s{i}" for i in range(1, classes + 1))]
+    rows = [
+        {"case": c, "class": n, "dice": (i + c) / 20, "iou": 0.5, "hd95": 1.0, "hd95_missing": 0}
+        for c in range(2)
+        for i, n in enumerate(names[1:], start=1)
+    ]
+    summary = summarise(rows, names, "validation", 2)
+    best, worst = [n for n, _ in summary["best_classes"]], [n for n, _ in summary["worst_classes"]]
+    assert not set(best) & set(worst)
+    assert len(best) == len(worst) == min(5, classes // 2)
+    with caplog.at_level(logging.INFO):
+        log_summary(summary)
+    assert ("best:" in caplog.text) is (classes > 1)

@@ -35,6 +35,7 @@ def summarise(
         per_class[name] = {m: nanmean([r[m] for r in mine]) for m in METRICS}
         per_class[name]["hd95_missing"] = sum(int(r.get("hd95_missing", 0)) for r in mine)
     ranked = sorted(((n, v["dice"]) for n, v in per_class.items() if v["dice"] is not None), key=lambda p: -p[1])
+    k = min(5, len(ranked) // 2)  # best and worst never name the same class (3 classes: one best, one worst)
     return {
         "source": source,
         "cases": n_cases,
@@ -46,8 +47,8 @@ def summarise(
         "hd95_rule": HD95_RULE,
         "per_class": per_class,
         "per_case": per_case,
-        "best_classes": ranked[:5],
-        "worst_classes": ranked[::-1][:5],
+        "best_classes": ranked[:k],
+        "worst_classes": ranked[::-1][:k],
     }
 
 
@@ -75,8 +76,9 @@ def log_summary(s: dict[str, Any]) -> None:
         log.info(
             "  %-20s Dice %s  IoU %s  HD95 %s %s%s", name, _f(v["dice"]), _f(v["iou"]), _f(v["hd95"]), unit, missing
         )
-    log.info("  best: %s", ", ".join(f"{n} {d:.3f}" for n, d in s["best_classes"]))
-    log.info("  worst: %s", ", ".join(f"{n} {d:.3f}" for n, d in s["worst_classes"]))
+    if s["best_classes"]:
+        log.info("  best: %s", ", ".join(f"{n} {d:.3f}" for n, d in s["best_classes"]))
+        log.info("  worst: %s", ", ".join(f"{n} {d:.3f}" for n, d in s["worst_classes"]))
     if s.get("hd95_missing"):
         log.info("  HD95: %d structure(s) never predicted scored the image diagonal", s["hd95_missing"])
 
