@@ -388,3 +388,17 @@ def test_validation_panels_show_different_cases(compose) -> None:
     picked = choose_items(dataset, 4)
     cases = {dataset.case_index(i) for i in picked}
     assert len(picked) == 4 and len(cases) == min(4, len(dataset.case_ids)) >= 3
+
+
+def test_sweep_report_warns_when_importance_rests_on_few_trials(tmp_path: Path) -> None:
+    """A 3-trial Optuna study over two parameters: the chart is drawn, with a caveat above it; 20+ trials: none."""
+    import optuna
+
+    from medseg.report.sweep_report import importance_caveat, write_sweep_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + t.suggest_int("batch", 1, 8), n_trials=3)
+    html = write_sweep_report(tmp_path).read_text()
+    assert 'id="importance-caveat"' in html and "only 3 completed trials over 2 parameters" in html
+    assert importance_caveat(20, 2) == "" and importance_caveat(19, 2)

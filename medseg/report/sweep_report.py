@@ -58,6 +58,7 @@ def write_sweep_report(folder: str | Path, output: str | Path | None = None, top
         if importance
         else "",
         "importance_note": importance_note,
+        "importance_caveat": importance_caveat(_counts_complete(trials), len(params)) if importance else "",
         "curves": figures.fragment(figures.trial_curves(top, monitor), "trials-plot") if top else "",
         "top_n": len(top),
     }
@@ -139,6 +140,25 @@ def merge_study(trials: list[dict[str, Any]], study: Any) -> None:
         if st.duration is not None:
             t["duration"] = st.duration.total_seconds()
     trials.sort(key=lambda t: (not isinstance(t["number"], int), t["number"]))
+
+
+TRIALS_PER_PARAM = 10  # below this many completed trials per parameter, importance is mostly noise
+
+
+def importance_caveat(complete: int, n_params: int) -> str:
+    """A warning under the importance chart when it rests on too few trials to mean much."""
+    needed = TRIALS_PER_PARAM * max(1, n_params)
+    if complete >= needed:
+        return ""
+    return (
+        f"Drawn from only {complete} completed trial{'s' if complete != 1 else ''} over {n_params} parameter"
+        f"{'s' if n_params != 1 else ''}: with this few, the bars mostly reflect chance. Read them as a hint;"
+        f" about {needed} trials ({TRIALS_PER_PARAM} per parameter) make them worth trusting."
+    )
+
+
+def _counts_complete(trials: list[dict[str, Any]]) -> int:
+    return sum(1 for t in trials if t.get("status") == "complete")
 
 
 def param_importances(study: Any) -> tuple[dict[str, float] | None, str]:
