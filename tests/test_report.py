@@ -402,3 +402,33 @@ def test_sweep_report_warns_when_importance_rests_on_few_trials(tmp_path: Path) 
     html = write_sweep_report(tmp_path).read_text()
     assert 'id="importance-caveat"' in html and "only 3 completed trials over 2 parameters" in html
     assert importance_caveat(20, 2) == "" and importance_caveat(19, 2)
+
+
+def test_a_2d_case_is_not_labelled_with_a_slice(tmp_path: Path) -> None:
+    """Native 2D validation images (one item per case): the manifest and the page give no slice number."""
+    import torch
+
+    from medseg.precision import resolve_precision
+    from medseg.report.overlays import write_validation_overlays
+    from medseg.report.run_report import write_run_report
+
+    items = []
+    for k in range(2):
+        label = np.zeros((1, 20, 20), dtype=np.float32)
+        label[0, 4 : 10 + k, 4:12] = 1
+        items.append({"image": torch.from_numpy(label.copy()), "label": torch.from_numpy(label)})
+    model = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        model.weight[:] = torch.tensor([[[[-4.0]]], [[[4.0]]]])
+        model.bias[:] = torch.tensor([2.0, -2.0])
+    cpu = torch.device("cpu")
+    manifest = write_validation_overlays(
+        model, items, ["img_a", "img_b"], lambda x, m: m(x), cpu, resolve_precision("32", cpu),
+        ["background", "car"], tmp_path, max_cases=2, slices=3, slice_axis=2,
+    )  # fmt: skip
+    assert [m["slices"] for m in manifest] == [[], []] and all("axis" not in m for m in manifest)
+    (tmp_path / "history.json").write_text(json.dumps([{"epoch": 1, "train/loss": 0.5, "val/dice": 0.5}]))
+    html = write_run_report(tmp_path).read_text()
+    assert html.count("<figure>") == 2
+    assert "slices None" not in html and "slice None" not in html
+    assert "Best and worst cases" in html  # two cases: no median
