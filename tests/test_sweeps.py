@@ -368,3 +368,15 @@ def test_a_trial_killed_on_another_host_is_failed_by_its_heartbeat_and_not_count
     assert trials[0].system_attrs["medseg:host"] == "worker-a"
     assert "medseg:stale:0" in loaded.system_attrs
     assert [r["state"] for r in read_csv(sweep_dir / "trials.csv")] == ["FAIL", "COMPLETE"]
+
+
+def test_optuna_lines_carry_no_colour_codes_when_the_console_is_a_file(tmp_path: Path, capsys) -> None:
+    """stderr redirected (as `> sweep.log 2>&1` or a batch system's output file): Optuna's lines are plain."""
+
+    def job(params, num):
+        return float(params["optimizer.lr"])
+
+    make_sweeper(tmp_path, job, n_trials=1).sweep([])
+    err = capsys.readouterr().err
+    assert "A new study created" in err
+    assert "\x1b[" not in err

@@ -44,6 +44,28 @@ log = logging.getLogger(__name__)
 HOST_ATTR, PID_ATTR, INTERRUPTED_ATTR = "medseg:host", "medseg:pid", "medseg:interrupted"
 
 
+def plain_optuna_console() -> None:
+    """Optuna's console lines without colour codes unless stderr is a terminal (and NO_COLOR is unset).
+
+    Optuna's default handler colours every line (colorlog) even when stderr is redirected, so a console
+    saved to a file (`python run.py -m ... > sweep.log 2>&1`, a batch system's output file) was full of
+    escape codes. Optuna's public switch removes its handler; a plain one in the same format replaces it.
+    """
+    import sys
+
+    if sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
+        return
+    optuna.logging.disable_default_handler()
+    library = logging.getLogger("optuna")
+    for handler in list(library.handlers):
+        if getattr(handler, "_medseg_plain", False):
+            library.removeHandler(handler)
+    handler = logging.StreamHandler()  # sys.stderr as it is now
+    handler.setFormatter(logging.Formatter("[%(levelname)1.1s %(asctime)s] %(message)s"))
+    handler._medseg_plain = True  # type: ignore[attr-defined]
+    library.addHandler(handler)
+
+
 class SweepError(MedsegError):
     """Too many trials of a sweep failed."""
 
@@ -59,6 +81,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     # ------------------------------------------------------------------ the loop
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
+        plain_optuna_console()
         distributions, fixed_params = self._search_space(arguments)
         directions = self._get_directions()
         self._check_direction(directions)
