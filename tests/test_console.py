@@ -312,3 +312,16 @@ def test_evaluate_best_and_worst_lists_never_name_a_class_twice(classes, caplog)
     with caplog.at_level(logging.INFO):
         log_summary(summary)
     assert ("best:" in caplog.text) is (classes > 1)
+
+
+def test_the_store_summary_counts_an_unreadable_case_once(compose, tmp_path, caplog):
+    """6 images, one of them broken: '5 built, 0 reused, 1 unreadable' of 6, not 6 built and 1 unreadable."""
+    from medseg.data.datamodule import build_data
+    from medseg.data.examples import write_folder
+    from medseg.errors import DataError
+
+    root = write_folder(tmp_path / "f", num_cases=6, mask_suffix="")
+    (root / "masks" / "img_003.png").write_bytes(b"not a png at all")
+    with caplog.at_level(logging.INFO, logger="medseg"), pytest.raises(DataError, match="img_003"):
+        build_data(compose("data=folder", f"data.root={root}"))
+    assert "6 cases (5 built, 0 reused, 1 unreadable)" in caplog.text

@@ -123,8 +123,9 @@ class BuildSummary:
     source_bytes: int
 
     def line(self, root: Path) -> str:
+        cases = self.built + self.reused + self.failed
         return (
-            f"case store {root}: {self.built + self.reused} cases ({self.built} built, {self.reused} reused"
+            f"case store {root}: {cases} cases ({self.built} built, {self.reused} reused"
             f"{f', {self.failed} unreadable' if self.failed else ''}) in {self.seconds:.1f} s; "
             f"{self.store_bytes / 1e6:.1f} MB on disk beside {self.source_bytes / 1e6:.1f} MB of source files"
         )
@@ -234,14 +235,17 @@ class CaseStore:
             log.info("case store: rebuilding %s (%s)", cid, why)
         if len(stale) > 5:
             log.info("case store: rebuilding %d more cases whose files changed", len(stale) - 5)
-        built = 0
+        built_ids: set[str] = set()
         if todo:
             log.info("case store %s: building %d of %d cases", self.root, len(todo), len(cases))
             for case_id, wrote in self._build_all(todo, data_cfg, workers, progress):
-                built += int(wrote)
-                reused += int(not wrote)
+                if wrote:
+                    built_ids.add(case_id)
                 self._meta.pop(case_id, None)
-        failed = sum(1 for c in cases if "error" in self.meta(c["id"]))
+        failed_ids = {c["id"] for c in cases if "error" in self.meta(c["id"])}
+        failed = len(failed_ids)  # an unreadable case counts as unreadable only, not also as built or reused
+        built = len(built_ids - failed_ids)
+        reused = len(cases) - built - failed
         summary = BuildSummary(
             built=built,
             reused=reused,
@@ -250,7 +254,7 @@ class CaseStore:
             store_bytes=sum(self.case_bytes(c["id"]) for c in cases),
             source_bytes=source_bytes,
         )
-        (log.info if built else log.debug)(summary.line(self.root))
+        (log.info if built or failed else log.debug)(summary.line(self.root))
         self.last_summary = summary
         return summary
 
