@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.config.inert import refuse_interpolation, stored_value_error
 from medseg.errors import CheckpointError, ConfigError
 
 _ABSENT = object()
@@ -214,28 +215,6 @@ def parse_stored_yaml(text: Any, source: str) -> dict[str, Any]:
     if not isinstance(plain, dict):
         raise CheckpointError(f"checkpoint {source}: its stored config is not a mapping; it may be damaged")
     return plain
-
-
-def refuse_interpolation(value: Any, key: str, source: str) -> None:
-    """A `${...}` anywhere in a taken value: refused, never resolved."""
-    if isinstance(value, str) and "${" in value:
-        raise CheckpointError(
-            f"checkpoint {source}: its stored {key}={value!r} is an interpolation; a stored config is data and is"
-            " never resolved (a real checkpoint holds resolved values); the file may be crafted"
-        )
-    if isinstance(value, dict):
-        for k, v in value.items():
-            refuse_interpolation(v, f"{key}.{k}", source)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            refuse_interpolation(v, f"{key}[{i}]", source)
-
-
-def stored_value_error(source: str, key: str, value: Any, problem: str) -> CheckpointError:
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-    return CheckpointError(
-        f"checkpoint {source}: its stored {key}={shown} {problem}; the file may be crafted or damaged"
-    )
 
 
 def _lookup(node: Any, key: str) -> Any:

@@ -8,6 +8,7 @@ names the layout the folder looks like when that can be told.
 - folder:    data.root/<images_dir> and data.root/<masks_dir>, masks matched by file stem (+ mask_suffix)
 - totalseg:  subject folders sXXXX/ct.nii.gz + sXXXX/segmentations/<structure>.nii.gz; the label is
              the list of structure masks, merged into one label map by the volume transforms
+- uwmgi:     UW-Madison GI train.csv + PNG slices, converted once into the MSD layout (medseg/data/uwmgi.py)
 - synthetic: the built-in demo data, written once in the MSD layout
 """
 
@@ -265,9 +266,15 @@ def layout_mismatch(root: Path, chosen: str, expected: str, data_cfg: Any) -> st
 
 
 def read_uwmgi(data_cfg: Any, cache_dir: str) -> CaseSet:
-    from medseg.data.uwmgi import read_uwmgi as convert_and_read
+    """UW-Madison GI: the case-day volumes converted once into the MSD layout; a case's subject is its patient."""
+    from medseg.data.uwmgi import msd_volumes
 
-    return convert_and_read(data_cfg, cache_dir)
+    root = _root(data_cfg)
+    caseset = read_msd_folder(msd_volumes(root, cache_dir))
+    for case in caseset.cases:
+        case["subject"] = case["id"].split("_")[0]
+    caseset.root = root
+    return caseset
 
 
 READERS: dict[str, Callable[[Any, str], CaseSet]] = {
