@@ -255,10 +255,14 @@ def guess_layout(root: Path, images_dir: str = "imgs", masks_dir: str = "masks")
 
 def layout_mismatch(root: Path, chosen: str, expected: str, data_cfg: Any) -> str:
     """The one-line error for a data.root that does not match data=<chosen>."""
-    guess = guess_layout(root, str(data_cfg.images_dir), str(data_cfg.masks_dir))
+    from medseg.config.schema import layout_value
+
+    images_dir = str(layout_value(data_cfg, "images_dir", "imgs"))  # the folder layout's names, if chosen
+    masks_dir = str(layout_value(data_cfg, "masks_dir", "masks"))
+    guess = guess_layout(root, images_dir, masks_dir)
     if guess and guess != chosen:
         hint = f"it looks like the {guess} layout; use data={guess}"
-        if guess == "folder" and not ((root / str(data_cfg.images_dir)).is_dir()):
+        if guess == "folder" and not ((root / images_dir).is_dir()):
             hint += " and set data.images_dir / data.masks_dir to its folder names"
     else:
         hint = "check data.root"
