@@ -38,6 +38,11 @@ def describe_user_error(exc: BaseException) -> str | None:
     omega = next((e for e in chain if isinstance(e, OmegaConfBaseException)), None)
     if omega is not None:
         key = getattr(omega, "full_key", None)
+        from medseg.config.schema import other_layout_key
+
+        other = other_layout_key(key, getattr(omega, "object_type", None))  # data=msd data.mask_suffix=...
+        if other:
+            return _masked(other)
         first = str(omega).strip().splitlines()[0] if str(omega).strip() else type(omega).__name__
         where = f"{key}: " if key else ""
         hint = _closest_key(omega)

@@ -28,6 +28,21 @@ TINY = [
 ]
 
 
+def tiny_for(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """TINY for a composition with these overrides: the demo data's sizes only where the demo data is the
+    chosen layout (data.synthetic.* is a key of data=synthetic only; another layout refuses it)."""
+    from omegaconf import OmegaConf
+
+    layout = "synthetic"
+    for item in overrides:
+        group, _, option = item.partition("=")
+        if group == "experiment":
+            entries = OmegaConf.load(CONF / "experiment" / f"{option}.yaml").get("defaults", [])
+            layout = next((e["override /data"] for e in entries if "override /data" in e), layout)
+    layout = next((item.partition("=")[2] for item in overrides if item.startswith("data=")), layout)
+    return [o for o in TINY if layout == "synthetic" or not o.startswith("data.synthetic.")]
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread_per_xdist_worker() -> None:
     """Under pytest-xdist the workers share the CPUs: one PyTorch thread each (reset before every test,
@@ -55,7 +70,7 @@ def compose(cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     register_configs()
 
     def _compose(*overrides: str, tiny: bool = True, output_dir: Path | None = None) -> DictConfig:
-        base = list(TINY) if tiny else ["logger=none", "print_config=false"]
+        base = tiny_for(overrides) if tiny else ["logger=none", "print_config=false"]
         base += [f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir or tmp_path / 'run'}"]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=base + list(overrides))

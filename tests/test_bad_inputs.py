@@ -828,11 +828,28 @@ SECRET_ROWS = [
     for name, password in URL_PASSWORDS.items()
 ]
 
-ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORED_ROWS + STORAGE_ROWS + SECRET_ROWS
+# ------------------------------------------------------------------ the rows: each data layout owns its keys
+LAYOUT_ROWS = [
+    Row(
+        "data-key-of-another-layout",
+        _args("data=msd", "data.mask_suffix=_mask"),
+        r"data\.mask_suffix is a key of data=folder, not of data=msd; leave it out, or choose data=folder$",
+    ),
+    Row("data-base-is-no-layout", _args("data=base"), r"data=base is not a layout .*choose data=msd\|folder"),
+    Row(
+        "data-layout-of-another-schema",
+        _args("data.layout=folder"),
+        r"data\.layout=folder does not match data=synthetic",
+    ),
+]
+for _row in LAYOUT_ROWS:
+    _row.config_error = True
+
+ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORED_ROWS + STORAGE_ROWS + SECRET_ROWS + LAYOUT_ROWS
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 81
+    assert len(ROWS) >= 84
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

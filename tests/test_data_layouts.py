@@ -181,8 +181,15 @@ def test_train_folder_end_to_end_and_predict_writes_0_255(compose, tmp_path: Pat
     assert written.shape == (32, 32)
     assert set(np.unique(written).tolist()) <= {0, 255}
     _evaluate_scores_every_val_case(
-        compose, ckpt_path, tmp_path / "eval", 2, ["class_1"], f"data.root={root}", "data.mask_suffix=_mask"
-    )
+        compose,
+        ckpt_path,
+        tmp_path / "eval",
+        2,
+        ["class_1"],
+        "data=folder",
+        f"data.root={root}",
+        "data.mask_suffix=_mask",
+    )  # as the end of training prints it: a folder layout's file naming is a key of data=folder
 
 
 def _evaluate_scores_every_val_case(compose, ckpt: Path, out: Path, n_val: int, classes: list[str], *data: str) -> None:

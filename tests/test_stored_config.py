@@ -18,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, TINY
+from tests.conftest import CONF, tiny_for
 
 
 def _compose_in(cache: Path, out: Path, *overrides: str):
@@ -28,7 +28,7 @@ def _compose_in(cache: Path, out: Path, *overrides: str):
     from medseg.config import register_configs
 
     register_configs()
-    base = [*TINY, "model.channels=[4,8]", "trainer.limit_train_batches=2", f"paths.cache_dir={cache}"]
+    base = [*tiny_for(overrides), "model.channels=[4,8]", "trainer.limit_train_batches=2", f"paths.cache_dir={cache}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=[*base, f"paths.output_dir={out}", *overrides])
 
@@ -70,7 +70,7 @@ def test_restored_config_holds_only_allow_listed_keys_and_no_path(trained: Path,
     cfg = restored.cfg
     assert set(cfg) == {"seed", "trainer", "data", "model"} and set(cfg.trainer) == {"precision"}
     assert cfg.data.root is None and cfg.data.store.dir is None and cfg.data.split_file is None
-    assert cfg.data.images_dir == "imgs"  # the schema's default, not the file's
+    assert "images_dir" not in cfg.data  # the demo data's schema has no such key; the file's value is not taken
     text = OmegaConf.to_yaml(cfg)
     assert "/very/private" not in text and "${" not in text
     stored = OmegaConf.create(torch.load(trained / "checkpoints" / "best.pt", weights_only=True)["config_yaml"])
@@ -112,7 +112,7 @@ def test_evaluate_reads_the_checkpoints_validation_cases_from_this_runs_data_roo
     data = ("data=msd", "data.val_percent=34", "trainer.log_images_every_n_epochs=0", "report.enabled=false")
     train_cfg = _compose_in(tmp_path / "cache", tmp_path / "run", *data, f"data.root={first}")
     run_train(train_cfg)
-    assert data_folder(train_cfg.data) == [f"data.root={first.resolve()}"]  # in the evaluate command printed
+    assert data_folder(train_cfg.data) == ["data=msd", f"data.root={first.resolve()}"]  # in the evaluate command
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
     val_ids = torch.load(ckpt, weights_only=True)["val_case_ids"]
     before = run_evaluate(_compose_in(tmp_path / "cache", tmp_path / "e1", *data, f"ckpt={ckpt}", f"data.root={first}"))
@@ -125,6 +125,37 @@ def test_evaluate_reads_the_checkpoints_validation_cases_from_this_runs_data_roo
     assert scored["cases"] == len(val_ids) == 2
     cases = {row["case"] for row in csv.DictReader(io.StringIO((tmp_path / "e2" / "metrics.csv").read_text()))}
     assert cases == set(val_ids)
+
+
+# What a checkpoint written before each data layout had its own keys holds, whatever its layout.
+OLD_FLAT_KEYS = {
+    "images_dir": "imgs",
+    "masks_dir": "masks",
+    "mask_suffix": "",
+    "colour_map": None,
+    "mask_values": None,
+    "structures": None,
+    "synthetic": {"num_cases": 12, "shape": [64, 64, 16], "num_classes": 4, "seed": 0},
+}
+OWNED = {"folder": {"mask_values": [0, 85, 170, 255]}, "totalseg": {"structures": ["liver", "spleen", "aorta"]}}
+
+
+@pytest.mark.parametrize("layout", ["msd", "folder", "totalseg", "uwmgi", "synthetic"])
+def test_a_checkpoint_from_before_each_layout_had_its_own_keys_restores(trained: Path, tmp_path, layout) -> None:
+    """Its other layouts' keys are left out; its own (mask values, structure names) are taken as stored."""
+    from medseg.config.schema import LAYOUT_SCHEMAS, layout_keys
+    from medseg.tasks.restore import restore_model
+
+    def change(cfg, payload):
+        cfg["data"] = {**OLD_FLAT_KEYS, **cfg["data"], "layout": layout, **OWNED.get(layout, {})}
+
+    path = _restamp(trained / "checkpoints" / "best.pt", tmp_path / "old.pt", change)
+    data = restore_model(str(path), torch.device("cpu")).cfg.data
+    assert OmegaConf.get_type(data) is LAYOUT_SCHEMAS[layout] and set(data) == layout_keys(layout)
+    for key, value in OWNED.get(layout, {}).items():
+        assert data[key] == value
+    if layout == "synthetic":  # the demo data's own settings, as trained (not the flat defaults)
+        assert data.synthetic.num_cases == 6 and data.synthetic.shape == [32, 32, 8]
 
 
 def test_restoring_allocates_only_what_the_file_holds(trained: Path, tmp_path: Path) -> None:
@@ -176,14 +207,15 @@ def test_every_shipped_model_restores_through_the_meta_device_with_its_own_outpu
 
 
 def test_the_allow_list_is_one_table_every_number_has_a_range_and_every_key_a_default() -> None:
-    from medseg.config.schema import MedsegConfig
+    from medseg.config.schema import LAYOUT_SCHEMAS, MedsegConfig
     from medseg.config.stored import STORED_KEYS, ranged
     from medseg.config.validate import RANGES
 
-    schema = OmegaConf.structured(MedsegConfig)
+    schemas = [OmegaConf.structured(MedsegConfig)]  # data keys: in the schema of a layout that has them
+    schemas += [OmegaConf.create({"data": OmegaConf.structured(layout)}) for layout in LAYOUT_SCHEMAS.values()]
     ranges = {rule.key for rule in RANGES} | {"data.fold", "data.colour_map"}  # the last two: relations
     for row in STORED_KEYS:
-        assert OmegaConf.select(schema, row.key, default="absent") != "absent", row.key
+        assert any(OmegaConf.select(s, row.key, default="absent") != "absent" for s in schemas), row.key
         assert row.check is not ranged or row.key in ranges, f"{row.key} has no range in medseg/config/validate.py"
         for part in ("root", "dir", "file", "path", "_dir", "suffix"):
             assert not row.key.rsplit(".", 1)[-1].endswith(part), f"{row.key} names a place"

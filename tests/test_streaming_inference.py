@@ -27,10 +27,10 @@ def _compose(cache_dir: Path, out: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
     from medseg.config import register_configs
-    from tests.conftest import CONF, TINY
+    from tests.conftest import CONF, tiny_for
 
     register_configs()
-    base = [*TINY, f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}"]
+    base = [*tiny_for(overrides), f"paths.cache_dir={cache_dir}", f"paths.output_dir={out}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=base + list(overrides))
 

@@ -331,6 +331,8 @@ def test_every_shipped_config_is_in_range() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for group in groups:
             for path in sorted((CONF / group).glob("*.yaml")):
+                if (group, path.stem) == ("data", "base"):  # not a layout: the keys every layout shares
+                    continue
                 validate_config(hydra_compose("config", overrides=[f"{group}={path.stem}"]))
 
 

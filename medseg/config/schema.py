@@ -5,13 +5,19 @@ list, so that a misspelt key (`trainer.max_epoch=3`) or a wrong type (`trainer.m
 fails at composition, before any work. Defaults and comments for users live in conf/*.yaml; the
 values here are the fallbacks that make the schema complete.
 Groups whose keys depend on the chosen option (model, optimizer, scheduler, logger) are open
-dictionaries here; their keys are checked when the objects are built.
+dictionaries here; their keys are checked when the objects are built. The data group is typed per
+layout: the keys every layout has are DataConfig, each layout's own keys a subclass (LAYOUT_SCHEMAS),
+which its conf/data/<layout>.yaml loads first; a key of another layout is refused in one line naming
+the layout that has it (other_layout_key).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from omegaconf import MISSING
 
 
 @dataclass
@@ -56,13 +62,17 @@ class StoreConfig:
 
 @dataclass
 class DataConfig:
-    layout: str = "synthetic"
+    """The keys every data layout has (conf/data/base.yaml). A layout's own keys live in its subclass below
+    and in its conf/data/<layout>.yaml, which picks its schema first in its defaults list; the defaults
+    here are those YAML files' values (tests/test_config.py compares them)."""
+
+    layout: str = MISSING
     root: str | None = None
     dims: int = 2
     slice_axis: int = 2
     num_classes: int | None = None
     class_names: list[str] | None = None
-    batch_size: int = 2
+    batch_size: int = 4
     val_batch_size: int | None = None
     shuffle: bool = True
     val_percent: float = 20.0
@@ -79,18 +89,109 @@ class DataConfig:
     context_slices: int = 0
     drop_empty_slices: bool = False
     foreground_slice_ratio: float | None = None
-    cache_rate: float = 1.0
+    cache_rate: float = 0.0
     check: bool = True
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+@dataclass
+class MsdDataConfig(DataConfig):
+    layout: str = "msd"
+    mask_values: list[int] | None = None
+    intensity: IntensityConfig = field(default_factory=lambda: IntensityConfig(preset="zscore"))
+
+
+@dataclass
+class FolderDataConfig(DataConfig):
+    layout: str = "folder"
+    val_percent: float = 10.0
+    cache_rate: float = 1.0
     images_dir: str = "imgs"
     masks_dir: str = "masks"
     mask_suffix: str = ""
     colour_map: list[list[int]] | None = None
     mask_values: list[int] | None = None
+
+
+@dataclass
+class TotalsegDataConfig(DataConfig):
+    layout: str = "totalseg"
+    drop_empty_slices: bool = True
     structures: list[str] | None = None
-    intensity: IntensityConfig = field(default_factory=IntensityConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    intensity: IntensityConfig = field(default_factory=lambda: IntensityConfig(preset="ct"))
+
+
+@dataclass
+class UwmgiDataConfig(DataConfig):
+    layout: str = "uwmgi"
+    intensity: IntensityConfig = field(default_factory=lambda: IntensityConfig(preset="zscore"))
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    layout: str = "synthetic"
+    cache_rate: float = 1.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+# data.layout -> its schema; registered as `medseg_data_<layout>` (conf/data/<layout>.yaml loads it first)
+LAYOUT_SCHEMAS: dict[str, type[DataConfig]] = {
+    "msd": MsdDataConfig,
+    "folder": FolderDataConfig,
+    "totalseg": TotalsegDataConfig,
+    "uwmgi": UwmgiDataConfig,
+    "synthetic": SyntheticDataConfig,
+}
+
+
+def data_schema(layout: str) -> type[DataConfig]:
+    """The schema of one layout's data config (a ConfigError names the known layouts)."""
+    if layout not in LAYOUT_SCHEMAS:
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"data.layout={layout!r} is not known; choose one of {', '.join(LAYOUT_SCHEMAS)}")
+    return LAYOUT_SCHEMAS[layout]
+
+
+def layout_keys(layout: str) -> set[str]:
+    """The top-level data keys of one layout."""
+    return {f.name for f in dataclasses.fields(data_schema(layout))}
+
+
+def layouts_with_key(key: str) -> list[str]:
+    """The layouts whose data config has `key` (a top-level data key)."""
+    return [name for name, schema in LAYOUT_SCHEMAS.items() if key in {f.name for f in dataclasses.fields(schema)}]
+
+
+def layout_value(data_cfg: Any, key: str, default: Any = None) -> Any:
+    """A data key that only some layouts have (mask_values, colour_map, structures, ...): its value, or
+    `default` where the layout has no such key. Code that serves every layout reads such keys here."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(data_cfg):
+        return OmegaConf.select(data_cfg, key, default=default)
+    return data_cfg.get(key, default) if hasattr(data_cfg, "get") else getattr(data_cfg, key, default)
+
+
+def layout_of_schema(node_type: Any) -> str | None:
+    """The layout whose schema `node_type` is (OmegaConf.get_type of a data config), or None."""
+    return next((name for name, schema in LAYOUT_SCHEMAS.items() if schema is node_type), None)
+
+
+def other_layout_key(full_key: str | None, node_type: Any) -> str | None:
+    """The one line for `data.<key>` given where the chosen layout (whose schema is `node_type`) has no such
+    key but another layout has; None for any other error (a typo, a key of no layout)."""
+    parts = str(full_key or "").split(".")
+    chosen = layout_of_schema(node_type)
+    if len(parts) < 2 or parts[0] != "data" or chosen is None or parts[1] in layout_keys(chosen):
+        return None
+    owners = layouts_with_key(parts[1])
+    if not owners:
+        return None
+    owned, choices = (" and ".join(f"data={o}" for o in owners), " or ".join(f"data={o}" for o in owners))
+    return f"data.{parts[1]} is a key of {owned}, not of data={chosen}; leave it out, or choose {choices}"
 
 
 @dataclass
@@ -215,7 +316,7 @@ class MedsegConfig:
     tags: list[str] = field(default_factory=list)
     print_config: bool = False
     model: Any = None
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None  # one layout's schema (LAYOUT_SCHEMAS), chosen by the data group
     optimizer: Any = None
     scheduler: Any = None
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -233,7 +334,10 @@ def register_configs() -> None:
     """Put the schema into Hydra's ConfigStore; call before composing (run.py and tests do)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="medseg_schema", node=MedsegConfig)
+    store = ConfigStore.instance()
+    store.store(name="medseg_schema", node=MedsegConfig)
+    for layout, schema in LAYOUT_SCHEMAS.items():
+        store.store(name=f"medseg_data_{layout}", node=schema)
     from medseg.config.resolvers import register_resolvers
 
     register_resolvers()

@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.config.inert import refuse_interpolation, stored_value_error
 from medseg.errors import CheckpointError, ConfigError
 
 _ABSENT = object()
@@ -158,14 +159,19 @@ def check_ranges(values: dict[str, Any], source: str) -> None:
 
 
 def sanitised_config(taken: dict[str, Any], source: str = "checkpoint") -> DictConfig:
-    """Restored.cfg: every data key of the schema (its defaults: no folder, no store dir) with the taken
-    values over it, plus seed, trainer.precision and the model. Nothing else is there to be read."""
+    """Restored.cfg: every data key of the stored layout's schema (its defaults: no folder, no store dir) with
+    the taken values over it, plus seed, trainer.precision and the model. Nothing else is there to be read.
+    A taken key that the layout does not have is left out: checkpoints written before each layout had its
+    own keys hold every layout's keys (null or unused there)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from medseg.config.schema import DataConfig
+    from medseg.config.schema import data_schema, layout_keys
 
+    stored = taken.get("data", {})
+    layout = str(stored.get("layout", "synthetic"))  # checked against the known layouts when taken
+    own = {key: value for key, value in stored.items() if key in layout_keys(layout)}
     try:
-        data = OmegaConf.merge(OmegaConf.structured(DataConfig), taken.get("data", {}))
+        data = OmegaConf.merge(OmegaConf.structured(data_schema(layout)), own)
     except OmegaConfBaseException as exc:  # a value of the wrong type, as the schema refuses it on the command line
         first = str(exc).splitlines()[0]
         raise CheckpointError(
@@ -184,8 +190,19 @@ def sanitised_config(taken: dict[str, Any], source: str = "checkpoint") -> DictC
 
 def data_for_run(run_data: Any, stored_cfg: Any) -> DictConfig:
     """This run's data config (its folders, store and file names) with the checkpoint's preprocessing
-    laid over it: how evaluate reads the training run's validation cases, or a labelled folder."""
-    return OmegaConf.merge(run_data, stored_preprocessing(stored_cfg))
+    laid over it: how evaluate reads the training run's validation cases, or a labelled folder.
+
+    When this run chose another layout than the checkpoint's (`mode=evaluate ckpt=... data.root=...` with
+    the default data group), the result has the checkpoint layout's keys: its schema, this run's values
+    of the keys that layout has, then the checkpoint's."""
+    from medseg.config.schema import data_schema, layout_keys
+
+    stored = stored_preprocessing(stored_cfg)
+    layout = stored.get("layout")
+    if layout is None or layout == run_data.layout:
+        return OmegaConf.merge(run_data, stored)
+    shared = [key for key in run_data if key in layout_keys(layout) and key != "layout"]
+    return OmegaConf.merge(OmegaConf.structured(data_schema(layout)), OmegaConf.masked_copy(run_data, shared), stored)
 
 
 def stored_preprocessing(cfg: Any) -> dict[str, Any]:
@@ -214,28 +231,6 @@ def parse_stored_yaml(text: Any, source: str) -> dict[str, Any]:
     if not isinstance(plain, dict):
         raise CheckpointError(f"checkpoint {source}: its stored config is not a mapping; it may be damaged")
     return plain
-
-
-def refuse_interpolation(value: Any, key: str, source: str) -> None:
-    """A `${...}` anywhere in a taken value: refused, never resolved."""
-    if isinstance(value, str) and "${" in value:
-        raise CheckpointError(
-            f"checkpoint {source}: its stored {key}={value!r} is an interpolation; a stored config is data and is"
-            " never resolved (a real checkpoint holds resolved values); the file may be crafted"
-        )
-    if isinstance(value, dict):
-        for k, v in value.items():
-            refuse_interpolation(v, f"{key}.{k}", source)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            refuse_interpolation(v, f"{key}[{i}]", source)
-
-
-def stored_value_error(source: str, key: str, value: Any, problem: str) -> CheckpointError:
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-    return CheckpointError(
-        f"checkpoint {source}: its stored {key}={shown} {problem}; the file may be crafted or damaged"
-    )
 
 
 def _lookup(node: Any, key: str) -> Any:

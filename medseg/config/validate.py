@@ -220,9 +220,26 @@ def _colour_map(cfg: DictConfig) -> str | None:
     return f"data.colour_map={_show(table)[:80]} must be a list of [r, g, b] colours (integers 0..255), one per class"
 
 
+def _layout(cfg: DictConfig) -> str | None:
+    """A composed run's data config is one layout's (data=<layout>), and data.layout names that layout."""
+    data = OmegaConf.select(cfg, "data", default=None)
+    if not isinstance(data, DictConfig) or "mode" not in cfg:  # a part of a config (a checkpoint's values)
+        return None
+    from medseg.config.schema import LAYOUT_SCHEMAS, layout_of_schema
+
+    chosen, layout = layout_of_schema(OmegaConf.get_type(data)), data.get("layout")
+    choices = "|".join(LAYOUT_SCHEMAS)
+    if chosen is None:
+        return f"data=base is not a layout (it holds the keys every layout shares); choose data={choices}"
+    if layout != chosen:
+        return f"data.layout={layout} does not match data={chosen}; choose the layout with data=<{choices}>"
+    return None
+
+
 # Checks across keys (and of the one input path every mode reads first), run after the single-key ranges.
 RELATIONS: tuple[Callable[[DictConfig], str | None], ...] = (
     _ckpt,
+    _layout,
     _fold,
     _colour_map,
     lambda cfg: _both(cfg, "lr_find.min_lr", "lr_find.max_lr"),

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from medseg.config.schema import layout_value
 from medseg.data.checks import check_files, check_volumes
 from medseg.data.datasets import PatchDataset, SliceDataset, StoreVolumes, VolumeDataset
 from medseg.data.layouts import read_cases
@@ -129,7 +130,7 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         val_cases=[c["id"] for c in val_cases],
         n_train_items=len(train_set),
         n_val_items=len(val_set),
-        mask_values=list(data_cfg.mask_values) if data_cfg.mask_values else None,
+        mask_values=list(layout_value(data_cfg, "mask_values") or []) or None,
     )
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError("the train or validation split has no items; add cases or change data.val_percent")
@@ -156,7 +157,7 @@ def read_checked_cases(cfg: Any) -> Any:
     data_cfg = cfg.data
     caseset = read_cases(data_cfg, str(cfg.paths.cache_dir))
     detected = caseset.extra.get("mask_values")
-    if detected and data_cfg.mask_values is None:
+    if detected and layout_value(data_cfg, "mask_values") is None:
         # into the config, so the stored run config (evaluate, predict) maps masks the same way
         _set_key(data_cfg, "mask_values", list(detected))
         log.info("masks store values %s; mapped to classes 0..%d", detected, len(detected) - 1)

@@ -8,6 +8,7 @@ names the layout the folder looks like when that can be told.
 - folder:    data.root/<images_dir> and data.root/<masks_dir>, masks matched by file stem (+ mask_suffix)
 - totalseg:  subject folders sXXXX/ct.nii.gz + sXXXX/segmentations/<structure>.nii.gz; the label is
              the list of structure masks, merged into one label map by the volume transforms
+- uwmgi:     UW-Madison GI train.csv + PNG slices, converted once into the MSD layout (medseg/data/uwmgi.py)
 - synthetic: the built-in demo data, written once in the MSD layout
 """
 
@@ -254,10 +255,14 @@ def guess_layout(root: Path, images_dir: str = "imgs", masks_dir: str = "masks")
 
 def layout_mismatch(root: Path, chosen: str, expected: str, data_cfg: Any) -> str:
     """The one-line error for a data.root that does not match data=<chosen>."""
-    guess = guess_layout(root, str(data_cfg.images_dir), str(data_cfg.masks_dir))
+    from medseg.config.schema import layout_value
+
+    images_dir = str(layout_value(data_cfg, "images_dir", "imgs"))  # the folder layout's names, if chosen
+    masks_dir = str(layout_value(data_cfg, "masks_dir", "masks"))
+    guess = guess_layout(root, images_dir, masks_dir)
     if guess and guess != chosen:
         hint = f"it looks like the {guess} layout; use data={guess}"
-        if guess == "folder" and not ((root / str(data_cfg.images_dir)).is_dir()):
+        if guess == "folder" and not ((root / images_dir).is_dir()):
             hint += " and set data.images_dir / data.masks_dir to its folder names"
     else:
         hint = "check data.root"
@@ -265,9 +270,15 @@ def layout_mismatch(root: Path, chosen: str, expected: str, data_cfg: Any) -> st
 
 
 def read_uwmgi(data_cfg: Any, cache_dir: str) -> CaseSet:
-    from medseg.data.uwmgi import read_uwmgi as convert_and_read
+    """UW-Madison GI: the case-day volumes converted once into the MSD layout; a case's subject is its patient."""
+    from medseg.data.uwmgi import msd_volumes
 
-    return convert_and_read(data_cfg, cache_dir)
+    root = _root(data_cfg)
+    caseset = read_msd_folder(msd_volumes(root, cache_dir))
+    for case in caseset.cases:
+        case["subject"] = case["id"].split("_")[0]
+    caseset.root = root
+    return caseset
 
 
 READERS: dict[str, Callable[[Any, str], CaseSet]] = {

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.config.schema import layout_value
 from medseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ def store_settings(data_cfg: Any) -> dict[str, Any]:
         "image_size": plain(data_cfg.image_size),
         # a 2D run keeps the slice axis at full length when resizing; without resizing geometry is the same
         "resize_dims": [dims, axis if dims == 2 else None] if resized else None,
-        "mask_values": plain(data_cfg.mask_values),
-        "colour_map": plain(data_cfg.colour_map),
+        "mask_values": plain(layout_value(data_cfg, "mask_values")),  # null where the layout has no such key
+        "colour_map": plain(layout_value(data_cfg, "colour_map")),
         "image_dtype": image_dtype(data_cfg),
         "chunks": chunk_plan(data_cfg),
     }

@@ -102,13 +102,16 @@ def load_label_transforms(data_cfg: Any) -> list:
 
     if data_cfg.layout == "totalseg":
         return [MergeStructuresd("label")]
+    from medseg.config.schema import layout_value
+
     reader = None
-    if data_cfg.colour_map:
+    colour_map, mask_values = layout_value(data_cfg, "colour_map"), layout_value(data_cfg, "mask_values")
+    if colour_map:
         from monai.data import PILReader
 
         reader = PILReader(converter=_palette_to_rgb)
     chain: list = [load_imaged(keys="label", image_only=True, ensure_channel_first=True, reader=reader)]
-    return [*chain, MapMaskValuesd("label", data_cfg.mask_values, data_cfg.colour_map)]
+    return [*chain, MapMaskValuesd("label", mask_values, colour_map)]
 
 
 def _palette_to_rgb(image: Any) -> Any:

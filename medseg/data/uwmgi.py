@@ -4,9 +4,10 @@
     <root>/train/case<N>/case<N>_day<M>/scans/slice_<K>_<W>_<H>_<pw>_<ph>.png
 
 Each case-day's slices are stacked once into a NIfTI volume (image and merged label map) under the
-cache folder, then read through the same MSD reader as every other volume dataset; training takes
-2D slices of them. Classes: 0 background, 1 stomach, 2 small bowel, 3 large bowel. Cases carry their
-subject (case<N>), so the split never puts days of one patient on both sides.
+cache folder (msd_volumes); the uwmgi reader of medseg/data/layouts.py reads them through the same MSD
+reader as every other volume dataset; training takes 2D slices of them. Classes: 0 background,
+1 stomach, 2 small bowel, 3 large bowel. Cases carry their subject (case<N>), so the split never puts
+days of one patient on both sides.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -47,10 +47,8 @@ def rle_encode(mask: np.ndarray) -> str:
     return " ".join(str(x) for x in runs)
 
 
-def read_uwmgi(data_cfg: Any, cache_dir: str) -> Any:
-    from medseg.data.layouts import _root, read_msd_folder
-
-    root = _root(data_cfg)
+def msd_volumes(root: Path, cache_dir: str) -> Path:
+    """The dataset as NIfTI volumes in the MSD layout under the cache folder (converted once per train.csv)."""
     table, scans = root / "train.csv", root / "train"
     if not table.is_file() or not scans.is_dir():
         raise DataError(f"data=uwmgi expects {table} and {scans}/case*/case*_day*/scans/*.png; check data.root")
@@ -58,11 +56,7 @@ def read_uwmgi(data_cfg: Any, cache_dir: str) -> Any:
     volumes = Path(os.path.expanduser(str(cache_dir))) / "uwmgi" / digest[:12]
     if not (volumes / "dataset.json").is_file():
         _convert(table, scans, volumes)
-    caseset = read_msd_folder(volumes)
-    for case in caseset.cases:
-        case["subject"] = case["id"].split("_")[0]
-    caseset.root = root
-    return caseset
+    return volumes
 
 
 def _convert(table: Path, scans: Path, dest: Path) -> None:

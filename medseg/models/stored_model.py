@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from medseg.config.inert import refuse_interpolation, stored_value_error
 from medseg.config.validate import RANGES
 from medseg.errors import CheckpointError, MedsegError
 
@@ -104,8 +105,6 @@ def allowed_model_class(target: Any, source: str) -> type[nn.Module]:
 
 def stored_model_config(node: Any, source: str) -> dict[str, Any]:
     """The checkpoint's model config, reduced to what may be built: `_target_` and checked keywords."""
-    from medseg.config.stored import refuse_interpolation, stored_value_error
-
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise CheckpointError(f"checkpoint {source} holds no model config with a _target_; it may be damaged")
     nested = _hydra_keys(node, "model", top=True)

@@ -67,7 +67,7 @@ def write_sweep_report(folder: str | Path, output: str | Path | None = None, top
 
 def job_trials(folder: Path) -> list[dict[str, Any]]:
     """One record per job folder (<n>/.hydra/overrides.yaml), numbered by folder name."""
-    from medseg.sweeps.multirun_summary import job_rows
+    from medseg.sweeps.jobs_table import job_rows
 
     trials = []
     for row in job_rows(folder):

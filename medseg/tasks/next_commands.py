@@ -72,15 +72,15 @@ def log_next_commands(cfg: Any, run_folder: Path) -> list[str]:
 
 
 def data_folder(data_cfg: Any) -> list[str]:
-    """data.root and the file-name keys of the folder layout where they differ from the defaults: what
-    evaluate needs to find the training run's validation cases (the demo data needs nothing)."""
-    from medseg.config.schema import DataConfig
+    """data=<layout>, data.root and the file-name keys of the folder layout where they differ from the
+    defaults: what evaluate needs to find the training run's validation cases (the demo data needs nothing)."""
+    from medseg.config.schema import FolderDataConfig
 
     if data_cfg.layout == "synthetic" or not data_cfg.root:
         return []
-    words = [override("data.root", str(Path(str(data_cfg.root)).expanduser().resolve()))]
+    words = [f"data={data_cfg.layout}", override("data.root", str(Path(str(data_cfg.root)).expanduser().resolve()))]
     if data_cfg.layout == "folder":
-        default = DataConfig()
+        default = FolderDataConfig()
         for key in ("images_dir", "masks_dir", "mask_suffix"):
             if str(data_cfg[key]) != str(getattr(default, key)):
                 words.append(override(f"data.{key}", str(data_cfg[key])))
