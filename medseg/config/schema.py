@@ -79,7 +79,7 @@ class DataConfig:
     context_slices: int = 0
     drop_empty_slices: bool = False
     foreground_slice_ratio: float | None = None
-    cache_rate: float = 1.0
+    cache_rate: float | None = 1.0  # None = automatic: 2D images in RAM, volumes from the store
     check: bool = True
     images_dir: str = "imgs"
     masks_dir: str = "masks"
