@@ -1,6 +1,6 @@
 """Datasets over the case store: 2D slices (or 2.5D slabs) of 3D volumes, random 3D patches, whole volumes.
 
-Cases pass the deterministic transform chain once, into the case store (medseg/data/store.py); a read
+Cases pass the deterministic transform chain once, into the case store (medseg/data/store/); a read
 error is stored as a marker so that the data check can name every bad case at once. Items read only
 what they need from the memory-mapped store: one slice, a slab of 2k+1 slices, or the chunks under a
 patch. Which slices hold foreground and where each class lies come from the stored metadata, so no
