@@ -302,3 +302,31 @@ def test_folder_of_nifti_volumes_reads_the_store_not_ram(compose, tmp_path: Path
     over = ["data=folder", f"data.root={pngs}", "data.mask_suffix=_mask", f"data.store.dir={tmp_path}/store"]
     small = build_data(compose(*over)).train_set.volumes
     assert small.held_cases == len(small)  # native 2D images: one item is the whole image, held once
+
+
+def test_a_replaced_uwmgi_slice_reaches_the_store(compose, tmp_path: Path) -> None:
+    """UW-Madison slices are converted to volumes once; the conversion is named by the identity of every
+    file it reads, so a slice replaced with its mtime put back is converted and stored again (before, only
+    train.csv named it, and the store kept serving the old slice)."""
+    from PIL import Image
+
+    from medseg.data.datamodule import read_checked_cases
+    from medseg.data.store import open_store
+    from medseg.data.uwmgi import write_example
+
+    root = write_example(tmp_path / "uwmgi", cases=2, days=1, slices=3, size=(24, 32))
+
+    def stored_image(case_id: str) -> np.ndarray:
+        cfg = compose("data=uwmgi", f"data.root={root}", f"data.store.dir={tmp_path}/store")
+        caseset = read_checked_cases(cfg)
+        store = open_store(cfg.data, str(cfg.paths.cache_dir), caseset.cases, caseset.root, workers=0, progress=False)
+        return np.asarray(store.image(case_id)[...])
+
+    before = stored_image("case1_day0")
+    png = next((root / "train" / "case1" / "case1_day0" / "scans").glob("slice_0002_*.png"))
+    st = os.stat(png)
+    Image.fromarray(np.full((24, 32), 60000, dtype=np.uint16)).save(png)  # a bright slice in its place
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = stored_image("case1_day0")
+    assert before.shape == after.shape == (1, 24, 32, 3)
+    assert np.ptp(before[0, :, :, 1]) > 0 and np.ptp(after[0, :, :, 1]) == 0  # the new, uniform slice is stored

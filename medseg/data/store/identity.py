@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,13 @@ def source_identity(case: dict[str, Any]) -> list[list[Any]]:
     """[path, size, mtime_ns, ctime_ns, inode] of every file the case reads, in order (stat only)."""
     from medseg.data.checks import case_paths
 
-    rows = []
-    for path in case_paths(case):
+    return file_identity(case_paths(case))
+
+
+def file_identity(paths: Iterable[str | Path]) -> list[list[Any]]:
+    """[path, size, mtime_ns, ctime_ns, inode] of each file (-1s for a file that cannot be stat'ed)."""
+    rows: list[list[Any]] = []
+    for path in map(str, paths):
         try:
             st = os.stat(path)
             rows.append([path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
