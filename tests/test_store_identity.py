@@ -62,7 +62,6 @@ def test_runs_on_different_structures_get_their_own_stores_and_labels(compose, t
     """Run A on structures [000, 001], run B on [001, 002]: two stores, each with its own labels, and A's
     store untouched by B (today's key left data.structures out: B rebuilt A's cases in place)."""
     from medseg.data.datamodule import build_data
-    from medseg.data.store import store_root
 
     root = write_totalseg(tmp_path / "ts", num_subjects=3, num_structures=3)
     store = tmp_path / "store"
@@ -76,13 +75,19 @@ def test_runs_on_different_structures_get_their_own_stores_and_labels(compose, t
     for run, names in runs.items():
         cfg, bundle = bundles[run]
         vols = bundle.train_set.volumes
-        assert vols.store.folder == store_root(cfg.data, cfg.paths.cache_dir, root, ["background", *names])
-        assert set(_written(vols.store.folder).values()) == {1}  # each case written once, by its own run
+        assert set(_written(vols.store.root).values()) == {1}  # each case written once, by its own run
         for i in range(len(vols)):  # read after both runs built: A still reads A's classes
             label = vols[i]["label"][0].numpy()
             for k, name in enumerate(names, start=1):
                 mask = np.asarray(nib.load(root / vols.case_ids[i] / "segmentations" / f"{name}.nii.gz").dataobj) > 0
                 np.testing.assert_array_equal(label == k, mask, err_msg=f"run {run}, class {k}")
+    # the public name of each store's folder (files describing a whole store go there)
+    from medseg.data.store import store_root
+
+    for run, names in runs.items():
+        cfg, bundle = bundles[run]
+        folder = store_root(cfg.data, cfg.paths.cache_dir, root, ["background", *names])
+        assert bundle.train_set.volumes.store.folder == folder
 
 
 @pytest.mark.parametrize(
@@ -100,8 +105,8 @@ def test_settings_that_choose_files_or_values_make_a_new_store(compose, tmp_path
     (root / "masks2").mkdir()
     for mask in (root / "masks").iterdir():
         shutil.copy(mask, root / "masks2" / mask.name.replace(".nii", "_m.nii"))
-    first = _open(compose, root, tmp_path / "store").folder
-    second = _open(compose, root, tmp_path / "store", *change).folder
+    first = _open(compose, root, tmp_path / "store").root
+    second = _open(compose, root, tmp_path / "store", *change).root
     assert first != second and len(_roots(tmp_path / "store")) == 2
 
 
@@ -136,7 +141,7 @@ def test_a_file_replaced_keeping_size_and_mtime_is_rebuilt(compose, tmp_path: Pa
     label = np.asarray(again.label("c0")[...])
     np.testing.assert_array_equal(label[0], new)
     assert not np.array_equal(label, old)
-    assert _written(again.folder) == {"c0": 2, "c1": 1}
+    assert _written(again.root) == {"c0": 2, "c1": 1}
 
 
 # ---------------------------------------------------------------- 3. a dead writer's cleanup is the case's own
@@ -147,7 +152,7 @@ def test_cleanup_of_one_case_leaves_a_similar_named_case_alone(compose, tmp_path
 
     root = _nii_folder(tmp_path / "nii", ["pt1", "pt1.2"])
     store_base = tmp_path / "store"
-    first = _open(compose, root, store_base, cases=["pt1.2"]).folder  # the store exists; pt1 is not built
+    first = _open(compose, root, store_base, cases=["pt1.2"]).root  # the store exists; pt1 is not built
     dead = tmp_folder(first, "pt1")
     dead.mkdir(parents=True)
     (dead / "image.b2nd").write_bytes(b"partial")  # a writer of pt1 killed halfway
@@ -172,7 +177,7 @@ def test_a_reader_never_pairs_a_new_image_with_an_old_label(compose, tmp_path: P
 
     _nifti(root / "masks" / "c0.nii", (1 - old_label).astype(np.uint8))  # a changed label: c0 is rebuilt
     rebuilt = _open(compose, root, tmp_path / "store")
-    assert _written(rebuilt.folder)["c0"] == 2
+    assert _written(rebuilt.root)["c0"] == 2
     np.testing.assert_array_equal(np.asarray(rebuilt.label("c0")[0]), 1 - old_label)
 
     # the first reader goes on with its own build's image, and is never handed the new build's label
@@ -181,7 +186,7 @@ def test_a_reader_never_pairs_a_new_image_with_an_old_label(compose, tmp_path: P
         reader.label("c0")
     # on disk: one record naming one complete generation per case, nothing else
     for case in ("c0", "c1"):
-        folder = rebuilt.folder / "cases" / case
+        folder = rebuilt.root / "cases" / case
         record = json.loads((folder / "record.json").read_text())
         assert sorted(p.name for p in folder.iterdir()) == sorted(["record.json", record["generation"]])
         assert sorted(p.name for p in (folder / record["generation"]).iterdir()) == [
