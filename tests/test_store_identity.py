@@ -335,3 +335,14 @@ def test_a_replaced_uwmgi_slice_reaches_the_store(compose, tmp_path: Path) -> No
     after = stored_image("case1_day0")
     assert before.shape == after.shape == (1, 24, 32, 3)
     assert np.ptp(before[0, :, :, 1]) > 0 and np.ptp(after[0, :, :, 1]) == 0  # the new, uniform slice is stored
+
+
+def test_identity_benchmark_runs_at_a_tiny_size(tmp_path: Path, capsys) -> None:
+    from medseg.benchmarks.store_identity import main
+
+    args = ["--subjects", "3", "--files", "4", "--repeats", "1", "--digest-mb", "1", "--cache", str(tmp_path)]
+    result = main(args)
+    assert result["files"] == 12 and result["identity_s"] > 0 and result["reference_s"] > 0
+    assert len(list((tmp_path / "store_identity" / "3x4").rglob("*.nii.gz"))) == 12
+    out = capsys.readouterr().out
+    assert "identity (size, mtime, ctime, inode)" in out and "content digest" in out
