@@ -346,3 +346,17 @@ def test_identity_benchmark_runs_at_a_tiny_size(tmp_path: Path, capsys) -> None:
     assert len(list((tmp_path / "store_identity" / "3x4").rglob("*.nii.gz"))) == 12
     out = capsys.readouterr().out
     assert "identity (size, mtime, ctime, inode)" in out and "content digest" in out
+
+
+def test_a_case_whose_files_were_removed_by_hand_is_rebuilt(compose, tmp_path: Path, caplog) -> None:
+    import logging
+
+    root = _nii_folder(tmp_path / "nii", ["c0", "c1"])
+    store = _open(compose, root, tmp_path / "store")
+    expected = np.asarray(store.label("c0")[...])
+    record = json.loads((store.root / "cases" / "c0" / "record.json").read_text())
+    shutil.rmtree(store.root / "cases" / "c0" / record["generation"])
+    with caplog.at_level(logging.INFO, logger="medseg.data.store"):
+        again = _open(compose, root, tmp_path / "store")
+    assert "rebuilding c0 (its stored files are missing)" in caplog.text
+    np.testing.assert_array_equal(np.asarray(again.label("c0")[...]), expected)

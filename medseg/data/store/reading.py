@@ -75,6 +75,12 @@ class CaseStore:
         if meta.get("version") != STORE_VERSION:
             return None, f"store version {meta.get('version')} != {STORE_VERSION}"
         why = changed_source(meta.get("source"), source_identity(case) if now is None else now)
+        if (
+            not why
+            and "error" not in meta
+            and not (case_folder(self.root, case["id"]) / str(meta.get("generation"))).is_dir()
+        ):
+            why = "its stored files are missing"
         return (None, why) if why else (meta, "")
 
     def meta(self, case_id: str) -> dict:
@@ -100,7 +106,10 @@ class CaseStore:
                     f"case store {self.root}: case {case_id} was rebuilt by another process while this one read it"
                     " (its source files or their identity changed); run again to read the new build"
                 ) from None
-            raise
+            raise DataError(
+                f"case store {self.root}: a file of case {case_id} is missing (removed by hand?); run again to"
+                " rebuild it"
+            ) from None
 
     def array(self, case_id: str, part: str) -> Any:
         """The memory-mapped blosc2 array `image` or `label` of a case (index it to read)."""
