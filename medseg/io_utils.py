@@ -53,6 +53,23 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def commit_folder(tmp: str | Path, dest: str | Path) -> Path:
+    """Move a fully written folder `tmp` to the new name `dest` in one rename (same file system).
+
+    Every file below `tmp` and the folder itself reach the disk first, then the rename and its parent
+    folder: a reader sees no `dest`, or `dest` with everything in it. `dest` must not exist (a rename
+    never replaces a folder that has files in it).
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    for folder, _, files in os.walk(tmp):
+        for name in files:
+            _fsync_file(os.path.join(folder, name))
+        _fsync_dir(Path(folder))
+    os.rename(tmp, dest)
+    _fsync_dir(dest.parent)
+    return dest
+
+
 def _fsync_file(name: str) -> None:
     fd = os.open(name, os.O_RDONLY)
     try:

@@ -845,11 +845,31 @@ LAYOUT_ROWS = [
 for _row in LAYOUT_ROWS:
     _row.config_error = True
 
-ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORED_ROWS + STORAGE_ROWS + SECRET_ROWS + LAYOUT_ROWS
+
+# ------------------------------------------------------------------ the rows: the case store's folder
+def _store_dir_is_a_file(mode: str) -> Callable[[Ctx], list[str]]:
+    def setup(ctx: Ctx) -> list[str]:
+        path = ctx.tmp / "store-file"
+        path.write_text("not a folder")
+        return [f"mode={mode}", *RUN, f"data.store.dir={path}"]
+
+    return setup
+
+
+STORE_ROWS = [
+    Row(
+        f"{mode}-store-dir-is-a-file",
+        _store_dir_is_a_file(mode),
+        r"case store folder .*store-file is not a folder \(a file is in the way\); set data\.store\.dir to a folder",
+    )
+    for mode in ("train", "preprocess")
+]
+
+ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORED_ROWS + STORAGE_ROWS + SECRET_ROWS + LAYOUT_ROWS + STORE_ROWS
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 84
+    assert len(ROWS) >= 86
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

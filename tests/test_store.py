@@ -33,16 +33,16 @@ def _written(root: Path) -> Counter:
 
 
 def _snapshot(root: Path) -> dict:
-    """Every committed case: arrays, foreground samples and metadata (less who wrote it and when)."""
+    """Every committed case: arrays, foreground samples and metadata (less who wrote it, when, which build)."""
     import blosc2
 
     out = {}
-    for meta_file in sorted((root / "cases").glob("*.json")):
-        meta = json.loads(meta_file.read_text())
-        case = meta["id"]
+    for record in sorted((root / "cases").glob("*/record.json")):
+        meta = json.loads(record.read_text())
+        case, generation = meta["id"], record.parent / meta.pop("generation")
         meta.pop("writer"), meta.pop("build_seconds")
-        arrays = {p: blosc2.open(str(root / "cases" / f"{case}.{p}.b2nd"))[...] for p in ("image", "label")}
-        with np.load(root / "cases" / f"{case}.fg.npz") as z:
+        arrays = {p: blosc2.open(str(generation / f"{p}.b2nd"))[...] for p in ("image", "label")}
+        with np.load(generation / "fg.npz") as z:
             fg = {k: z[k] for k in z.files}
         out[case] = (meta, arrays, fg)
     return out
@@ -123,7 +123,8 @@ def test_kill9_during_preprocess_then_rerun_equals_a_clean_build(compose, cache_
     after = _written(root)
     assert set(after) == {f"synth_{i:03d}" for i in range(24)}
     assert max(after.values()) == 1  # only the missing cases were built again
-    assert not list((root / "cases").glob(".*.tmp"))  # the killed writer's partial files are gone
+    assert not any((root / "tmp").iterdir())  # the killed writer's partial files are gone
+    assert all(len(list(d.iterdir())) == 2 for d in (root / "cases").iterdir())  # record + one generation
     _assert_same_store(_snapshot(root), _snapshot(_clean_build(compose, tmp_path / "clean", *MANY)))
 
 
@@ -180,7 +181,7 @@ def test_changed_settings_or_files_never_reuse_a_store(compose, tmp_path: Path, 
     assert "settings differ from the existing store in: data.scale" in caplog.text
 
     # a source file rewritten (new mtime): its case is rebuilt, the others are reused
-    meta = json.loads(next((first / "cases").glob("*.json")).read_text())
+    meta = json.loads(next((first / "cases").glob("*/record.json")).read_text())
     path = meta["source"][0][0]
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))

@@ -89,7 +89,7 @@ class DataConfig:
     context_slices: int = 0
     drop_empty_slices: bool = False
     foreground_slice_ratio: float | None = None
-    cache_rate: float = 0.0
+    cache_rate: float | None = 0.0  # None = automatic: 2D images in RAM, volumes from the store
     check: bool = True
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -107,7 +107,7 @@ class MsdDataConfig(DataConfig):
 class FolderDataConfig(DataConfig):
     layout: str = "folder"
     val_percent: float = 10.0
-    cache_rate: float = 1.0
+    cache_rate: float | None = None
     images_dir: str = "imgs"
     masks_dir: str = "masks"
     mask_suffix: str = ""

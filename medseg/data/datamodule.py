@@ -75,8 +75,8 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     check_geometry_settings(data_cfg)
     caseset = read_checked_cases(cfg)
     train_cases, val_cases = split_cases(caseset.cases, data_cfg, seed=int(cfg.seed))
-    store = case_store(cfg, train_cases + val_cases, caseset.root)
-    cache_rate = float(data_cfg.cache_rate)
+    store = case_store(cfg, train_cases + val_cases, caseset.root, caseset.class_names)
+    cache_rate = None if data_cfg.cache_rate is None else float(data_cfg.cache_rate)
     train_vols = StoreVolumes(store, train_cases, cache_rate)
     val_vols = StoreVolumes(store, val_cases, cache_rate)
 
@@ -166,14 +166,16 @@ def read_checked_cases(cfg: Any) -> Any:
     return caseset
 
 
-def case_store(cfg: Any, cases: list[dict[str, Any]], source: Any) -> Any:
+def case_store(cfg: Any, cases: list[dict[str, Any]], source: Any, classes: list[str] | None = None) -> Any:
     """The case store of this data config, every case in `cases` built (missing ones now, in parallel)."""
-    from medseg.data.store import _store_cfg, open_store
+    from medseg.data.store import open_store, store_cfg
 
-    workers = _store_cfg(cfg.data).get("workers")
+    workers = store_cfg(cfg.data).get("workers")
     workers = int(cfg.hardware.num_workers) if workers is None else int(workers)
     progress = bool(OmegaConf.select(cfg, "trainer.progress_bar", default=True))
-    return open_store(cfg.data, str(cfg.paths.cache_dir), cases, source, workers=workers, progress=progress)
+    return open_store(
+        cfg.data, str(cfg.paths.cache_dir), cases, source, workers=workers, progress=progress, classes=classes
+    )
 
 
 def context_slices(data_cfg: Any) -> int:

@@ -1,6 +1,6 @@
 """Datasets over the case store: 2D slices (or 2.5D slabs) of 3D volumes, random 3D patches, whole volumes.
 
-Cases pass the deterministic transform chain once, into the case store (medseg/data/store.py); a read
+Cases pass the deterministic transform chain once, into the case store (medseg/data/store/); a read
 error is stored as a marker so that the data check can name every bad case at once. Items read only
 what they need from the memory-mapped store: one slice, a slab of 2k+1 slices, or the chunks under a
 patch. Which slices hold foreground and where each class lies come from the stored metadata, so no
@@ -92,14 +92,19 @@ class StoreVolumes:
     """The cases of one split in the store, in case order. `volumes[i]` reads case i whole.
 
     With data.cache_rate > 0 the first share of cases is read into RAM once (small data: per-item
-    reads then cost nothing); with 0 every read goes to the memory-mapped store.
+    reads then cost nothing); with 0 every read goes to the memory-mapped store. None (automatic): native
+    2D images are held (an item is the whole image), volumes are read from the store, whatever the layout.
     """
 
-    def __init__(self, store: Any, cases: list[dict], cache_rate: float = 0.0) -> None:
+    def __init__(self, store: Any, cases: list[dict], cache_rate: float | None = 0.0) -> None:
         self.store, self.data = store, cases
         self.case_ids = [c["id"] for c in cases]
         self._ram: dict[int, dict[str, np.ndarray]] = {}
-        for i in range(int(len(cases) * float(cache_rate))):
+        if cache_rate is None:
+            held = [i for i in range(len(cases)) if len(self.meta(i).get("spatial_shape", ())) == 2]
+        else:
+            held = list(range(int(len(cases) * float(cache_rate))))
+        for i in held:
             if "error" not in self.meta(i):
                 self._ram[i] = {
                     part: np.asarray(store.array(self.case_ids[i], part)[...]) for part in ("image", "label")
@@ -107,6 +112,11 @@ class StoreVolumes:
 
     def __len__(self) -> int:
         return len(self.case_ids)
+
+    @property
+    def held_cases(self) -> int:
+        """How many cases this process holds decompressed in RAM (the rest are read from the store)."""
+        return len(self._ram)
 
     def meta(self, i: int) -> dict:
         return self.store.meta(self.case_ids[i])

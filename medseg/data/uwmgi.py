@@ -52,7 +52,12 @@ def msd_volumes(root: Path, cache_dir: str) -> Path:
     table, scans = root / "train.csv", root / "train"
     if not table.is_file() or not scans.is_dir():
         raise DataError(f"data=uwmgi expects {table} and {scans}/case*/case*_day*/scans/*.png; check data.root")
-    digest = hashlib.sha1(f"{root.resolve()}:{table.stat().st_mtime_ns}:{table.stat().st_size}".encode()).hexdigest()
+    # the conversion is named by the identity of every file it reads (size, mtime, ctime, inode, as the case
+    # store's): a replaced slice or table converts again, also when a copy kept the mtime
+    from medseg.data.store.identity import file_identity
+
+    sources = [table, *sorted(scans.glob("case*/case*_day*/scans/*.png"))]
+    digest = hashlib.sha1(json.dumps([str(root.resolve()), file_identity(sources)]).encode()).hexdigest()
     volumes = Path(os.path.expanduser(str(cache_dir))) / "uwmgi" / digest[:12]
     if not (volumes / "dataset.json").is_file():
         _convert(table, scans, volumes)

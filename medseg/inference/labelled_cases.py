@@ -61,7 +61,8 @@ def evaluation_cases(
         else:
             val = _cases_with_ids(caseset.cases, val_ids, data_cfg)
         check_files(val, "validation")
-        store = open_store(data_cfg, cache_dir, val, caseset.root)  # the training run's store: built once
+        # the training run's store (same settings, source and classes: the same key): built once
+        store = open_store(data_cfg, cache_dir, val, caseset.root, classes=caseset.class_names)
         return "validation split", data_cfg, val, store
     root = Path(str(evaluate_input)).expanduser()
     if not root.is_dir():

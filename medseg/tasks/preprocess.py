@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 def run_preprocess(cfg: DictConfig) -> dict[str, Any]:
     from medseg.data.checks import check_volumes
     from medseg.data.datamodule import check_geometry_settings, read_checked_cases
-    from medseg.data.store import _store_cfg, open_store
+    from medseg.data.store import open_store, store_cfg
 
     check_geometry_settings(cfg.data)
     caseset = read_checked_cases(cfg)
-    workers = _store_cfg(cfg.data).get("workers")
+    workers = store_cfg(cfg.data).get("workers")
     workers = available_cores() if workers is None else int(workers)
     store = open_store(
         cfg.data,
@@ -34,6 +34,7 @@ def run_preprocess(cfg: DictConfig) -> dict[str, Any]:
         caseset.root,
         workers=workers,
         progress=bool(cfg.trainer.progress_bar),
+        classes=caseset.class_names,
     )
     summary = store.last_summary
     if cfg.data.check:
