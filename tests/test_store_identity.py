@@ -110,15 +110,25 @@ def test_settings_that_choose_files_or_values_make_a_new_store(compose, tmp_path
     assert first != second and len(_roots(tmp_path / "store")) == 2
 
 
-def test_keys_outside_the_key_act_per_item_only(compose) -> None:
-    """Every data key of the schema is in the key unless NOT_IN_KEY says why it cannot change a case."""
+@pytest.mark.parametrize(
+    "layout, own",
+    [
+        ("synthetic", {"synthetic"}),
+        ("folder", {"images_dir", "masks_dir", "mask_suffix", "colour_map", "mask_values"}),
+        ("totalseg", {"structures"}),
+        ("msd", {"mask_values"}),
+    ],
+)
+def test_keys_outside_the_key_act_per_item_only(compose, layout: str, own: set[str]) -> None:
+    """Every data key of a layout is in the key unless NOT_IN_KEY says why it cannot change a case; the
+    keys that choose a layout's files or values are in it."""
     from medseg.data.store import NOT_IN_KEY, store_settings
 
-    cfg = compose()
+    cfg = compose(f"data={layout}")
     settings = store_settings(cfg.data)
     for key in cfg.data:
         assert (key in settings) != (key in NOT_IN_KEY), key
-    assert {"structures", "images_dir", "masks_dir", "mask_suffix", "colour_map", "mask_values"} <= set(settings)
+    assert own <= set(settings)
 
 
 # ---------------------------------------------------------------- 2. a replaced file with the same size and mtime
