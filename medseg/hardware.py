@@ -286,17 +286,14 @@ def oom_probe(
     return fits
 
 
-def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool], device: Any) -> tuple[int, int] | None:
+def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool]) -> tuple[int, int] | None:
     """Run the search for hardware.find_batch_size and update cfg's batch size and accumulation.
 
-    Returns (micro_batch, accumulation), or None when the search does not apply (off, or not CUDA).
+    Returns (micro_batch, accumulation), or None when hardware.find_batch_size is off.
     """
     if not cfg.hardware.find_batch_size:
         return None
     micro, accumulate = int(cfg.data.batch_size), int(cfg.trainer.accumulate_grad_batches)
-    if getattr(device, "type", str(device)) != "cuda":
-        log.info("find_batch_size: needs a CUDA device; keeping micro-batch %d x %d", micro, accumulate)
-        return None
     effective = micro * accumulate
     # Above the effective batch the accumulation could not keep it; stop the search there.
     best = find_max_batch_size(fits, micro, min(int(cfg.hardware.max_batch_size), effective))
@@ -315,8 +312,21 @@ def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool], device: Any
 
 
 def fit_micro_batch(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device: Any, precision: Any) -> Any:
-    """hardware.find_batch_size for a training run: search, update cfg, and return the train loader
-    (rebuilt for the new micro-batch). The model's weights and norm statistics are left as they were."""
+    """hardware.find_batch_size for a training run on a CUDA device (see `probe_and_rebuild`); elsewhere the
+    loader is kept: only a GPU raises an out-of-memory error the search can probe for."""
+    if getattr(device, "type", str(device)) != "cuda":
+        log.info(
+            "find_batch_size: needs a CUDA device; keeping micro-batch %d x %d",
+            int(cfg.data.batch_size),
+            int(cfg.trainer.accumulate_grad_batches),
+        )
+        return data.train_loader
+    return probe_and_rebuild(cfg, model, loss_fn, data, device, precision)
+
+
+def probe_and_rebuild(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device: Any, precision: Any) -> Any:
+    """Search the largest micro-batch with real forward/backward probes on `device`, update cfg, and return the
+    train loader (rebuilt for the new micro-batch). The model's weights and norm statistics are left as they were."""
     import torch
 
     from medseg.data.datamodule import make_loader
@@ -327,7 +337,7 @@ def fit_micro_batch(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device
     if isinstance(sample, list):  # 3D patch sampling returns several patches per volume
         sample = sample[0]
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    found = search_micro_batch(cfg, oom_probe(model, loss_fn, sample, device, precision, memory_format), device)
+    found = search_micro_batch(cfg, oom_probe(model, loss_fn, sample, device, precision, memory_format))
     model.load_state_dict(saved)
     if found is None or found[0] == before:
         return data.train_loader

@@ -183,28 +183,61 @@ def test_search_with_injected_oom_sets_batch_and_accumulation(compose):
     model = _OOMAbove(limit=6)
     sample = {"image": torch.randn(1, 8, 8), "label": torch.randint(0, 2, (1, 8, 8))}
     fits = oom_probe(model, build_loss(cfg.trainer.loss), sample, torch.device("cpu"), Precision("32", None, False))
-    found = search_micro_batch(cfg, fits, SimpleNamespace(type="cuda"))
+    found = search_micro_batch(cfg, fits)
     assert found == (6, 3)  # 4gb: 1 x 16 -> 6 x 3 (effective 18, the closest to 16)
     assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (6, 3)
     assert max(model.seen) > 6  # it did run into the injected out-of-memory error
     assert all(p.grad is None for p in model.parameters())  # probes leave no gradients behind
 
 
-def test_search_is_skipped_without_cuda(compose):
+def test_search_is_skipped_without_cuda(compose, caplog):
+    from medseg.hardware import fit_micro_batch
+
     cfg = compose("hardware.find_batch_size=true", tiny=False)
     before = (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches)
-    assert search_micro_batch(cfg, lambda n: True, torch.device("cpu")) is None
-    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == before
+    loader = object()
+    with caplog.at_level(logging.INFO, logger="medseg.hardware"):
+        kept = fit_micro_batch(cfg, None, None, SimpleNamespace(train_loader=loader), torch.device("cpu"), None)
+    assert kept is loader and (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == before
+    assert "find_batch_size: needs a CUDA device" in caplog.text
 
 
 def test_search_never_exceeds_the_effective_batch(compose):
     cfg = compose("hardware=16gb+", "hardware.find_batch_size=true", tiny=False)
-    assert search_micro_batch(cfg, lambda n: True, SimpleNamespace(type="cuda")) == (16, 1)
+    assert search_micro_batch(cfg, lambda n: True) == (16, 1)
 
 
-def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, monkeypatch):
-    import medseg.hardware as hw
+class ActivationCap:
+    """A memory budget on the CPU: the activations a forward pass really allocates (every module's output
+    tensors, summed) may not exceed `cap` bytes, else the pass fails with the error a GPU raises
+    (torch.OutOfMemoryError), which the probe catches. Stands in for a GPU's memory, which this machine lacks."""
+
+    def __init__(self, model: torch.nn.Module, cap: int) -> None:
+        self.cap, self.used, self.peaks = cap, 0, []
+        model.register_forward_pre_hook(self._start)
+        model.register_forward_hook(self._end)
+        for module in model.modules():
+            if module is not model:
+                module.register_forward_hook(self._count)
+
+    def _start(self, module, inputs) -> None:
+        self.used = 0
+
+    def _end(self, module, inputs, out) -> None:
+        self.peaks.append(self.used)
+
+    def _count(self, module, inputs, out) -> None:
+        tensors = out if isinstance(out, (list, tuple)) else [out]
+        self.used += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        if self.used > self.cap:
+            raise torch.OutOfMemoryError(f"activations need more than {self.cap} bytes")
+
+
+def test_the_search_finds_the_largest_micro_batch_under_a_real_memory_cap(compose):
+    """The real probe (forward + backward of a UNet on the CPU), the real search and the loader it rebuilds;
+    only the memory limit is a rule: the bytes the forward pass allocates may not exceed 5.5 samples' worth."""
     from medseg.data.datamodule import build_data
+    from medseg.hardware import probe_and_rebuild
     from medseg.models.factory import build_model
     from medseg.precision import Precision
     from medseg.tasks.build import build_loss
@@ -212,21 +245,27 @@ def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, mon
     cfg = compose(
         "hardware.find_batch_size=true",
         "data.batch_size=1",
-        "trainer.accumulate_grad_batches=4",
+        "trainer.accumulate_grad_batches=8",
         "model.channels=[8,16]",
         "model.norm=batch",  # running statistics: the probes' forward passes must not leak into them
     )
     data = build_data(cfg)
     model = build_model(cfg.model, data.info.in_channels, data.info.num_classes, 2)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    search = hw.search_micro_batch
-    # the real probe runs on the CPU; the search believes it is on a GPU
-    monkeypatch.setattr(hw, "search_micro_batch", lambda c, fits, device: search(c, fits, SimpleNamespace(type="cuda")))
-    loader = hw.fit_micro_batch(
+    meter = ActivationCap(model, cap=2**62)
+    with torch.no_grad():
+        model.eval()
+        model(data.train_set[0]["image"][None])
+    per_sample = meter.peaks[-1]  # activations grow linearly with the batch: so many bytes per sample
+    meter.cap, meter.peaks = int(5.5 * per_sample), []
+    loader = probe_and_rebuild(
         cfg, model, build_loss(cfg.trainer.loss), data, torch.device("cpu"), Precision("32", None, False)
     )
-    assert loader.batch_size == 4 and cfg.data.batch_size == 4 and cfg.trainer.accumulate_grad_batches == 1
+    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (5, 2)  # 1 x 8 -> 5 x 2 (effective 10)
+    assert loader.batch_size == 5 and next(iter(loader))["image"].shape[0] == 5
+    assert max(meter.peaks) == 5 * per_sample  # passes of 6 or more samples failed, as on a full GPU
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ---------------------------------------------------------------------- CPU limits

@@ -28,10 +28,12 @@ import torch
 from torch import nn
 
 from medseg.engine.callbacks import Callback
+from medseg.engine.case_scoring import CaseScorer
 from medseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
-from medseg.engine.metrics import CaseConfusion, ConfusionCounter, foreground_mean, nan_to_none, ranked_classes
+from medseg.engine.metrics import ConfusionCounter, foreground_mean, nan_to_none, ranked_classes
 from medseg.engine.oom import OomRecovery
 from medseg.engine.schedulers import LRSchedule
+from medseg.engine.validation import validate
 from medseg.errors import TrainingError
 from medseg.precision import Precision
 
@@ -71,6 +73,7 @@ class Trainer:
         progress_bar: bool = True,
         extra_state: dict[str, Any] | None = None,
         distributed: Any = None,
+        case_scorer: CaseScorer | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.schedule = model, loss_fn, optimizer, schedule
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -89,6 +92,7 @@ class Trainer:
         self.progress_bar = progress_bar and sys.stderr.isatty()
         self.extra_state = extra_state or {}
         self.distributed = distributed  # medseg.engine.distributed.DistContext or None
+        self.case_scorer = case_scorer  # val/dice on each case's original grid, as mode=evaluate
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
 
         self.epoch = 0  # epochs completed
@@ -100,7 +104,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.nonfinite_in_a_row = 0
         self._group_loss = torch.zeros((), device=device)  # loss x weight of the current accumulation group
-        self.oom = OomRecovery(oom_recovery, int(getattr(train_loader, "batch_size", 0) or 0))
+        self.oom = OomRecovery(oom_recovery, loaded_batch_size(train_loader))
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_saved: Path | None = None
         self.weights_epoch: int | None = None  # set when the model ends with an earlier epoch's weights
@@ -179,54 +183,22 @@ class Trainer:
             "samples_per_s": samples / elapsed if elapsed > 0 else math.nan,
         }
 
-    @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Loss and Dice over the validation cases, scored as mode=evaluate scores them.
-
-        Counts are kept per (case, class): a 2D case sums the counts of all its slices, which is the
-        same as scoring the assembled volume. Padding added by the item transforms is cropped off.
-        """
-        self.model.eval()
-        dataset = self.val_loader.dataset
-        case_ids = list(getattr(dataset, "case_ids", None) or range(len(dataset)))
-        counts = CaseConfusion(len(case_ids), self.num_classes, self.device)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        samples, position = 0, 0
-        n_batches = _limited_len(self.val_loader, self.limit_val_batches)
-        for i, batch in enumerate(self.val_loader):
-            if i >= n_batches:
-                break
-            images, labels = self._to_device(batch)
-            with self.precision.autocast(self.device):
-                logits = self.inferer(images, self.model)
-                loss = self.loss_fn(logits, labels)
-            loss_sum += loss.detach().double() * images.shape[0]
-            samples += images.shape[0]
-            indices = batch["index"].tolist() if "index" in batch else range(position, position + images.shape[0])
-            position += images.shape[0]
-            pred = logits.detach().argmax(dim=1)
-            for j, index in enumerate(indices):
-                if index < 0:  # a repeat DistributedSampler adds to even out the ranks: counted once elsewhere
-                    continue
-                crop = unpadded(pred.shape[1:], _spatial_shape(dataset, index))
-                case = dataset.case_index(index) if hasattr(dataset, "case_index") else index
-                counts.update(pred[j][crop], labels[j].reshape(pred.shape[1:])[crop], case)
-        if self.distributed is not None:
-            loss_sum, samples = self.distributed.sum_loss(loss_sum, samples)
-            self.distributed.sum_(counts.counts)
-        scores = counts.scores()
-        pooled = counts.pooled().scores()
-        return {
-            "loss": float(loss_sum) / max(1, samples),
-            "dice": scores["dice"],
-            "iou": scores["iou"],
-            "dice_per_class": scores["dice_per_class"],
-            "iou_per_class": scores["iou_per_class"],
-            "dice_pooled": foreground_mean(pooled["dice"]),
-            "iou_pooled": foreground_mean(pooled["iou"]),
-            "dice_pooled_per_class": pooled["dice"],
-            "cases": sum(1 for d in scores["dice_per_case"] if not math.isnan(d)),
-        }
+        """Loss over the validation loader; Dice per case as mode=evaluate scores it (engine/validation.py)."""
+        return validate(
+            self.model,
+            self.val_loader,
+            self.loss_fn,
+            self.inferer,
+            device=self.device,
+            precision=self.precision,
+            num_classes=self.num_classes,
+            n_batches=_limited_len(self.val_loader, self.limit_val_batches),
+            to_device=self._to_device,
+            scorer=self.case_scorer,
+            scoring_model=self._unwrapped(),
+            distributed=self.distributed,
+        )
 
     # ------------------------------------------------------------------ one step
     def _train_batch(
@@ -527,16 +499,10 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
 
-def unpadded(padded: torch.Size | tuple[int, ...], original: tuple[int, ...] | None) -> tuple[slice, ...]:
-    """The region of an item padded symmetrically (MONAI DivisiblePadd's default) that holds the original."""
-    if original is None or len(original) != len(padded):
-        return tuple(slice(None) for _ in padded)
-    return tuple(slice((p - o) // 2, (p - o) // 2 + o) for p, o in zip(padded, original))
-
-
-def _spatial_shape(dataset: Any, index: int) -> tuple[int, ...] | None:
-    shape = getattr(dataset, "spatial_shape", None)
-    return tuple(shape(index)) if shape is not None else None
+def loaded_batch_size(loader: Any) -> int:
+    """Samples in a full loaded batch: batch_size x items per index (3D: data.samples_per_volume patches)."""
+    per_item = int(getattr(getattr(loader, "dataset", None), "items_per_index", 1) or 1)
+    return int(getattr(loader, "batch_size", 0) or 0) * per_item
 
 
 def _limited_len(loader: Any, limit: int | None) -> int:
