@@ -139,13 +139,11 @@ def usable_cpus() -> int:
 
 
 def busy_cpus(cpus: int) -> float:
-    """How many of this process's CPUs other work keeps busy: the 1-minute load average, scaled to this
-    process's share of the machine's CPUs (0 where the platform has no load average)."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
-    return max(0.0, load * cpus / max(cpus, os.cpu_count() or cpus))
+    """How many of this process's CPUs other work keeps busy now: measured over a short sample from the kernel's
+    CPU counters, leaving out this process and its children (medseg/cpu_load.py), not the lagging load average."""
+    from medseg.cpu_load import busy_cpus_now
+
+    return busy_cpus_now(cpus)
 
 
 def cpu_limits(num_workers: int, num_threads: int | None, cpus: int, busy: float = 0.0) -> tuple[int, int]:
@@ -188,13 +186,13 @@ def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | Non
             workers,
             threads,
         )
-    elif not hw.num_threads and threads < cpus - workers and torch.get_num_threads() != threads:
+    elif not hw.num_threads and torch.get_num_threads() != threads:
         log.info(
-            "hardware: %d PyTorch thread(s): other work keeps %s CPU(s) busy (load %.1f);"
-            " hardware.num_threads=N to choose",
+            "hardware: %d PyTorch thread(s): other work keeps %s CPU(s) busy now (measured, this process left out)"
+            "%s; training re-measures as it runs; hardware.num_threads=N to fix the number",
             threads,
             f"all {cpus}" if busy >= cpus else f"about {busy:.1f} of {cpus}",
-            busy,
+            f", {workers} go to loader workers" if workers else "",
         )
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

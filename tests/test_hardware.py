@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -286,12 +287,87 @@ def test_cpu_limits_cap_workers_and_leave_the_rest_to_torch():
     assert cpu_limits(0, 2, cpus=2, busy=9.0) == (0, 2)  # the user's choice stands
 
 
-def test_busy_cpus_is_the_load_on_this_process_share(monkeypatch):
-    import medseg.hardware as hardware
+def _write_proc(root: Path, machine: tuple[int, int], own: int, child: int | None = None) -> None:
+    """A /proc with 2 CPUs: /proc/stat (busy, idle ticks), this process's own ticks and one live child's."""
+    busy, idle = machine
+    (root / "self" / "task" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "stat").write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0\ncpu1 0 0 0 0\nintr 0\n")
+    rest = "0 " * 9  # fields 5-13, then utime stime cutime cstime
+    (root / "self" / "stat").write_text(f"1 (py thon) R 0 {rest}{own} 0 0 0 20 0 1\n")
+    (root / "self" / "task" / "1" / "children").write_text("" if child is None else "77")
+    if child is not None:
+        (root / "77").mkdir(exist_ok=True)
+        (root / "77" / "stat").write_text(f"77 (worker) R 1 {rest}{child} 0 0 0 20 0 1\n")
 
-    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
-    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 16)
-    assert hardware.busy_cpus(4) == 3.0  # a quarter of the machine's CPUs carries a quarter of its load
+
+def test_busy_cpus_leave_out_this_process_and_ignore_the_lagging_load_average(tmp_path, monkeypatch):
+    """Both CPUs were busy, all of it this process (and its loader worker): nothing else is running, so the
+    automatic rule takes both CPUs, whatever a load average still remembers of the job before."""
+    from medseg.cpu_load import busy_between, snapshot
+    from medseg.hardware import cpu_limits
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.8, 2.8, 2.8))  # the previous job, still in the average
+    _write_proc(tmp_path, (1000, 5000), own=300, child=100)
+    before = snapshot(tmp_path)
+    _write_proc(tmp_path, (1000 + 200, 5000), own=300 + 150, child=100 + 50)  # 1 s: 200 busy ticks of 200
+    after = snapshot(tmp_path)
+    assert before is not None and after is not None and after.machine_cpus == 2
+    assert busy_between(before, after, cpus=2) == 0.0
+    assert cpu_limits(0, None, 2, busy_between(before, after, cpus=2)) == (0, 2)
+    _write_proc(tmp_path, (1200 + 150, 5000 + 50), own=450 + 50, child=150 + 0)  # another job: 100 of 200 ticks
+    busy = busy_between(after, snapshot(tmp_path), cpus=2)
+    assert busy == pytest.approx(1.0)
+    assert cpu_limits(0, None, 2, busy) == (0, 1)
+
+
+def test_the_counters_of_this_machine_count_this_process_and_its_children():
+    """On the real /proc: CPU time this process and a child spend shows up as their own, not as other work."""
+    import subprocess
+    import sys
+
+    from medseg.cpu_load import snapshot
+
+    first = snapshot()
+    if first is None:
+        pytest.skip("no /proc/stat on this platform")
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
+    try:
+        end = time.time() + 0.6
+        while time.time() < end:
+            sum(i * i for i in range(1000))
+        during = snapshot()
+    finally:
+        child.wait()
+    assert during is not None and during.own > first.own and during.total > first.total and during.busy > first.busy
+
+
+def test_adaptive_threads_follow_the_load_while_training(caplog):
+    """hardware.num_threads=null: a neighbour job starts, then ends; the thread count follows within the run."""
+    from medseg.cpu_load import CpuSnapshot
+    from medseg.engine.adaptive_threads import AdaptiveThreads
+
+    readings = iter(
+        [
+            CpuSnapshot(busy=0, total=0, own=0, machine_cpus=2),
+            CpuSnapshot(busy=4000, total=4000, own=2000, machine_cpus=2),  # another job took half the machine
+            CpuSnapshot(busy=8000, total=8000, own=6000, machine_cpus=2),  # it ended: only this process ran
+        ]
+    )
+    clock = iter([0.0, 25.0, 50.0])
+    adapt = AdaptiveThreads(cpus=2, workers=0, every_s=20.0, measure=lambda: next(readings), clock=lambda: next(clock))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.INFO, logger="medseg.engine.adaptive_threads"):
+            adapt.on_fit_start(None)
+            adapt.on_train_step(None, {})
+            assert torch.get_num_threads() == 1
+            adapt.on_epoch_end(None, {})
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert adapt.changes == [(2, 1, 1.0), (1, 2, 0.0)]
+    assert "PyTorch threads 2 -> 1: other work kept about 1.0 of 2 CPU(s) busy over the last 25 s" in caplog.text
 
 
 def test_usable_cpus_is_the_affinity_mask(monkeypatch):

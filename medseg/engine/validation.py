@@ -69,7 +69,7 @@ def validate(
             case = dataset.case_index(index) if hasattr(dataset, "case_index") else index
             counts.update(pred[j][crop], labels[j].reshape(pred.shape[1:])[crop], case)
     if scorer is not None:
-        mine = scored_cases(dataset, n_batches, loader.batch_size, len(scorer))
+        mine = scored_cases(dataset, n_batches if n_batches < len(loader) else None, loader.batch_size, len(scorer))
         if distributed is not None:
             mine = mine[distributed.rank :: distributed.world_size]
         counts.counts += scorer.counts(scoring_model or model, mine).to(device)
@@ -91,12 +91,13 @@ def validate(
     }
 
 
-def scored_cases(dataset: Any, n_batches: int, batch_size: int | None, n_cases: int) -> list[int]:
-    """Cases whose items the first `n_batches` loader batches hold (all cases without a limit)."""
-    n_items = len(dataset)
-    limit = n_batches * int(batch_size or 1)
-    if limit >= n_items or not hasattr(dataset, "case_index"):
-        return list(range(n_cases)) if limit >= n_items else list(range(min(n_cases, limit)))
+def scored_cases(dataset: Any, n_batches: int | None, batch_size: int | None, n_cases: int) -> list[int]:
+    """Every case, or with trainer.limit_val_batches the cases whose items the first `n_batches` batches hold."""
+    if n_batches is None:
+        return list(range(n_cases))
+    limit = min(len(dataset), n_batches * int(batch_size or 1))
+    if not hasattr(dataset, "case_index"):
+        return list(range(min(n_cases, limit)))
     return sorted({int(dataset.case_index(i)) for i in range(limit)})
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medseg.config.redact import redact_config
 from medseg.data.datamodule import build_data
+from medseg.engine.adaptive_threads import AdaptiveThreads
 from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
 from medseg.engine.case_scoring import CaseScorer
 from medseg.engine.checkpoint import library_versions, load_checkpoint
@@ -21,7 +22,7 @@ from medseg.engine.image_panels import ImagePanels
 from medseg.engine.optuna_pruning import OptunaPruning
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
-from medseg.hardware import fit_micro_batch, resolve_auto_hardware
+from medseg.hardware import fit_micro_batch, resolve_auto_hardware, usable_cpus
 from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
@@ -122,6 +123,8 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     if tcfg.early_stopping.enabled:
         es = tcfg.early_stopping
         callbacks.insert(0, EarlyStopping(tcfg.monitor, tcfg.monitor_mode, es.patience, es.min_delta, es.restore_best))
+    if not cfg.hardware.num_threads:  # automatic: follow the load of other work as the run goes
+        callbacks.append(AdaptiveThreads(usable_cpus(), int(cfg.hardware.num_workers)))
     trial = current_trial()  # an Optuna trial of the medseg_optuna sweeper: report each epoch, maybe prune
     if trial is not None:
         callbacks.append(OptunaPruning(trial, str(tcfg.monitor)))  # last: the epoch's files are written first
