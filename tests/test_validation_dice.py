@@ -236,3 +236,14 @@ def test_val_dice_equals_evaluate_for_3d_with_a_spacing_change(compose, tmp_path
         "trainer.max_epochs=2",
     )
     assert mean_dice == pytest.approx(best, abs=1e-6)
+
+
+def test_a_val_batch_limit_scores_the_cases_those_batches_hold():
+    """trainer.limit_val_batches with original-grid scoring: the cases whose slices the first batches hold."""
+    from medseg.engine.validation import scored_cases
+
+    preds, truths = cases()  # 3, 2 and 4 slices
+    data = OneHotSlices(preds, truths)
+    assert scored_cases(data, None, 4, 3) == [0, 1, 2]  # no limit: every case
+    assert scored_cases(data, 1, 4, 3) == [0, 1]  # slices 0-3: case 0's three and case 1's first
+    assert scored_cases(data, 2, 4, 3) == [0, 1, 2]
