@@ -168,13 +168,14 @@ def cpu_limits(num_workers: int, num_threads: int | None, cpus: int, busy: float
 
 def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | None = None) -> tuple[int, int]:
     """Cap cfg.hardware.num_workers at the usable CPUs and set torch's thread count (hardware.num_threads,
-    null = automatic). Logs once when the choice differs from what the config or the machine suggests.
-    Returns (workers, threads)."""
+    null = automatic). Logs a cap of the workers, and the automatic thread count with what other work keeps
+    busy. Returns (workers, threads)."""
     import torch
 
-    cpus = usable_cpus() if cpus is None else cpus
-    busy = busy_cpus(cpus) if busy is None else busy
     hw = cfg.hardware
+    cpus = usable_cpus() if cpus is None else cpus
+    if busy is None:  # measured (0.3 s) only for the automatic choice
+        busy = 0.0 if hw.num_threads else busy_cpus(cpus)
     asked = int(hw.num_workers)
     workers, threads = cpu_limits(asked, hw.num_threads, cpus, busy)
     if workers != asked:
@@ -186,7 +187,7 @@ def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | Non
             workers,
             threads,
         )
-    elif not hw.num_threads and torch.get_num_threads() != threads:
+    elif not hw.num_threads:  # automatic: say what was chosen and why
         log.info(
             "hardware: %d PyTorch thread(s): other work keeps %s CPU(s) busy now (measured, this process left out)"
             "%s; training re-measures as it runs; hardware.num_threads=N to fix the number",

@@ -422,3 +422,17 @@ def test_num_threads_has_a_default_everywhere(compose):
     assert HardwareConfig().num_threads is None
     for preset in ("cpu", "4gb", "8gb", "16gb+", "auto"):
         assert compose(f"hardware={preset}").hardware.num_threads is None
+
+
+def test_the_automatic_thread_count_is_logged_with_its_reason(compose, caplog):
+    from medseg.hardware import apply_cpu_limits
+
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="medseg.hardware"):
+            assert apply_cpu_limits(compose(), cpus=2, busy=1.2) == (0, 1)
+            assert apply_cpu_limits(compose(), cpus=2, busy=0.1) == (0, 2)
+    finally:
+        torch.set_num_threads(before)
+    assert "1 PyTorch thread(s): other work keeps about 1.2 of 2 CPU(s) busy now" in caplog.text
+    assert "2 PyTorch thread(s): other work keeps about 0.1 of 2 CPU(s) busy now" in caplog.text
