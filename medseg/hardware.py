@@ -285,26 +285,33 @@ def oom_probe(
     return fits
 
 
-def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool]) -> tuple[int, int] | None:
+def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool], per_item: int = 1) -> tuple[int, int] | None:
     """Run the search for hardware.find_batch_size and update cfg's batch size and accumulation.
 
-    Returns (micro_batch, accumulation), or None when hardware.find_batch_size is off.
+    `fits(n)` probes n samples; a loaded item holds `per_item` of them (3D: data.samples_per_volume patches
+    per volume), so data.batch_size becomes the largest whole number of items that fits.
+    Returns (data.batch_size, accumulation), or None when hardware.find_batch_size is off.
     """
     if not cfg.hardware.find_batch_size:
         return None
-    micro, accumulate = int(cfg.data.batch_size), int(cfg.trainer.accumulate_grad_batches)
+    per_item = max(1, int(per_item))
+    batch, accumulate = int(cfg.data.batch_size), int(cfg.trainer.accumulate_grad_batches)
+    micro = batch * per_item
     effective = micro * accumulate
     # Above the effective batch the accumulation could not keep it; stop the search there.
-    best = find_max_batch_size(fits, micro, min(int(cfg.hardware.max_batch_size), effective))
-    new_accumulate = accumulation_for(effective, best)
+    upper = max(per_item, min(int(cfg.hardware.max_batch_size) * per_item, effective))
+    best = max(1, find_max_batch_size(fits, micro, upper) // per_item)
+    new_accumulate = accumulation_for(effective, best * per_item)
     OmegaConf.update(cfg, "data.batch_size", best, merge=False)
     OmegaConf.update(cfg, "trainer.accumulate_grad_batches", new_accumulate, merge=False)
+    per = f" x {per_item} samples per volume" if per_item > 1 else ""
     log.info(
-        "find_batch_size: micro-batch %d x accumulation %d (effective %d; the preset had %d x %d)",
+        "find_batch_size: batch %d%s x accumulation %d (effective %d; the preset had %d x %d)",
         best,
+        per,
         new_accumulate,
-        best * new_accumulate,
-        micro,
+        best * per_item * new_accumulate,
+        batch,
         accumulate,
     )
     return best, new_accumulate
@@ -336,7 +343,9 @@ def probe_and_rebuild(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, devi
     if isinstance(sample, list):  # 3D patch sampling returns several patches per volume
         sample = sample[0]
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    found = search_micro_batch(cfg, oom_probe(model, loss_fn, sample, device, precision, memory_format))
+    per_item = int(getattr(data.train_set, "items_per_index", 1) or 1)
+    probe = oom_probe(model, loss_fn, sample, device, precision, memory_format)
+    found = search_micro_batch(cfg, probe, per_item)
     model.load_state_dict(saved)
     if found is None or found[0] == before:
         return data.train_loader

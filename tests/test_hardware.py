@@ -436,3 +436,18 @@ def test_the_automatic_thread_count_is_logged_with_its_reason(compose, caplog):
         torch.set_num_threads(before)
     assert "1 PyTorch thread(s): other work keeps about 1.2 of 2 CPU(s) busy now" in caplog.text
     assert "2 PyTorch thread(s): other work keeps about 0.1 of 2 CPU(s) busy now" in caplog.text
+
+
+def test_the_search_counts_3d_patches_per_volume(compose):
+    """3D patches: a loaded volume brings samples_per_volume patches, so data.batch_size (volumes) is the
+    largest whole number of volumes whose patches fit, and the effective batch counts patches."""
+    cfg = compose("hardware=4gb", "hardware.find_batch_size=true", "data.batch_size=1", tiny=False)
+    probed: list[int] = []
+
+    def fits(n: int) -> bool:
+        probed.append(n)
+        return n <= 7  # 7 patches fit: 3 volumes of 2 patches
+
+    assert search_micro_batch(cfg, fits, per_item=2) == (3, 5)  # 1 x 2 x 16 = 32 patches -> 3 x 2 x 5 = 30
+    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (3, 5)
+    assert min(probed) == 2 and max(probed) <= 32
