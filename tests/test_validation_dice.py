@@ -221,6 +221,12 @@ def test_val_dice_equals_evaluate_at_scale_half_with_workers_and_accumulation(co
     assert mean_dice == pytest.approx(best, abs=1e-6)
 
 
+def test_val_dice_equals_evaluate_with_an_image_size(compose, tmp_path):
+    """2D slices resized to data.image_size=[24,20] (not the aspect of the 32 x 32 images): the same equality."""
+    best, mean_dice, _ = _best_val_dice_and_evaluate(compose, tmp_path, "data.image_size=[24,20]")
+    assert mean_dice == pytest.approx(best, abs=1e-6)
+
+
 def test_val_dice_equals_evaluate_for_3d_with_a_spacing_change(compose, tmp_path):
     """3D patches, volumes resampled from 1 x 1 x 2.5 mm to 1.5 x 1.5 x 2 mm: val/dice is scored on the
     original grid after the prediction is resampled back, as evaluate scores it."""
