@@ -139,13 +139,11 @@ def usable_cpus() -> int:
 
 
 def busy_cpus(cpus: int) -> float:
-    """How many of this process's CPUs other work keeps busy: the 1-minute load average, scaled to this
-    process's share of the machine's CPUs (0 where the platform has no load average)."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
-    return max(0.0, load * cpus / max(cpus, os.cpu_count() or cpus))
+    """How many of this process's CPUs other work keeps busy now: measured over a short sample from the kernel's
+    CPU counters, leaving out this process and its children (medseg/cpu_load.py), not the lagging load average."""
+    from medseg.cpu_load import busy_cpus_now
+
+    return busy_cpus_now(cpus)
 
 
 def cpu_limits(num_workers: int, num_threads: int | None, cpus: int, busy: float = 0.0) -> tuple[int, int]:
@@ -170,13 +168,14 @@ def cpu_limits(num_workers: int, num_threads: int | None, cpus: int, busy: float
 
 def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | None = None) -> tuple[int, int]:
     """Cap cfg.hardware.num_workers at the usable CPUs and set torch's thread count (hardware.num_threads,
-    null = automatic). Logs once when the choice differs from what the config or the machine suggests.
-    Returns (workers, threads)."""
+    null = automatic). Logs a cap of the workers, and the automatic thread count with what other work keeps
+    busy. Returns (workers, threads)."""
     import torch
 
-    cpus = usable_cpus() if cpus is None else cpus
-    busy = busy_cpus(cpus) if busy is None else busy
     hw = cfg.hardware
+    cpus = usable_cpus() if cpus is None else cpus
+    if busy is None:  # measured (0.3 s) only for the automatic choice
+        busy = 0.0 if hw.num_threads else busy_cpus(cpus)
     asked = int(hw.num_workers)
     workers, threads = cpu_limits(asked, hw.num_threads, cpus, busy)
     if workers != asked:
@@ -188,13 +187,13 @@ def apply_cpu_limits(cfg: DictConfig, cpus: int | None = None, busy: float | Non
             workers,
             threads,
         )
-    elif not hw.num_threads and threads < cpus - workers and torch.get_num_threads() != threads:
+    elif not hw.num_threads:  # automatic: say what was chosen and why
         log.info(
-            "hardware: %d PyTorch thread(s): other work keeps %s CPU(s) busy (load %.1f);"
-            " hardware.num_threads=N to choose",
+            "hardware: %d PyTorch thread(s): other work keeps %s CPU(s) busy now (measured, this process left out)"
+            "%s; training re-measures as it runs; hardware.num_threads=N to fix the number",
             threads,
             f"all {cpus}" if busy >= cpus else f"about {busy:.1f} of {cpus}",
-            busy,
+            f", {workers} go to loader workers" if workers else "",
         )
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -286,37 +285,54 @@ def oom_probe(
     return fits
 
 
-def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool], device: Any) -> tuple[int, int] | None:
+def search_micro_batch(cfg: DictConfig, fits: Callable[[int], bool], per_item: int = 1) -> tuple[int, int] | None:
     """Run the search for hardware.find_batch_size and update cfg's batch size and accumulation.
 
-    Returns (micro_batch, accumulation), or None when the search does not apply (off, or not CUDA).
+    `fits(n)` probes n samples; a loaded item holds `per_item` of them (3D: data.samples_per_volume patches
+    per volume), so data.batch_size becomes the largest whole number of items that fits.
+    Returns (data.batch_size, accumulation), or None when hardware.find_batch_size is off.
     """
     if not cfg.hardware.find_batch_size:
         return None
-    micro, accumulate = int(cfg.data.batch_size), int(cfg.trainer.accumulate_grad_batches)
-    if getattr(device, "type", str(device)) != "cuda":
-        log.info("find_batch_size: needs a CUDA device; keeping micro-batch %d x %d", micro, accumulate)
-        return None
+    per_item = max(1, int(per_item))
+    batch, accumulate = int(cfg.data.batch_size), int(cfg.trainer.accumulate_grad_batches)
+    micro = batch * per_item
     effective = micro * accumulate
     # Above the effective batch the accumulation could not keep it; stop the search there.
-    best = find_max_batch_size(fits, micro, min(int(cfg.hardware.max_batch_size), effective))
-    new_accumulate = accumulation_for(effective, best)
+    upper = max(per_item, min(int(cfg.hardware.max_batch_size) * per_item, effective))
+    best = max(1, find_max_batch_size(fits, micro, upper) // per_item)
+    new_accumulate = accumulation_for(effective, best * per_item)
     OmegaConf.update(cfg, "data.batch_size", best, merge=False)
     OmegaConf.update(cfg, "trainer.accumulate_grad_batches", new_accumulate, merge=False)
+    per = f" x {per_item} samples per volume" if per_item > 1 else ""
     log.info(
-        "find_batch_size: micro-batch %d x accumulation %d (effective %d; the preset had %d x %d)",
+        "find_batch_size: batch %d%s x accumulation %d (effective %d; the preset had %d x %d)",
         best,
+        per,
         new_accumulate,
-        best * new_accumulate,
-        micro,
+        best * per_item * new_accumulate,
+        batch,
         accumulate,
     )
     return best, new_accumulate
 
 
 def fit_micro_batch(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device: Any, precision: Any) -> Any:
-    """hardware.find_batch_size for a training run: search, update cfg, and return the train loader
-    (rebuilt for the new micro-batch). The model's weights and norm statistics are left as they were."""
+    """hardware.find_batch_size for a training run on a CUDA device (see `probe_and_rebuild`); elsewhere the
+    loader is kept: only a GPU raises an out-of-memory error the search can probe for."""
+    if getattr(device, "type", str(device)) != "cuda":
+        log.info(
+            "find_batch_size: needs a CUDA device; keeping micro-batch %d x %d",
+            int(cfg.data.batch_size),
+            int(cfg.trainer.accumulate_grad_batches),
+        )
+        return data.train_loader
+    return probe_and_rebuild(cfg, model, loss_fn, data, device, precision)
+
+
+def probe_and_rebuild(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device: Any, precision: Any) -> Any:
+    """Search the largest micro-batch with real forward/backward probes on `device`, update cfg, and return the
+    train loader (rebuilt for the new micro-batch). The model's weights and norm statistics are left as they were."""
     import torch
 
     from medseg.data.datamodule import make_loader
@@ -327,7 +343,9 @@ def fit_micro_batch(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device
     if isinstance(sample, list):  # 3D patch sampling returns several patches per volume
         sample = sample[0]
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    found = search_micro_batch(cfg, oom_probe(model, loss_fn, sample, device, precision, memory_format), device)
+    per_item = int(getattr(data.train_set, "items_per_index", 1) or 1)
+    probe = oom_probe(model, loss_fn, sample, device, precision, memory_format)
+    found = search_micro_batch(cfg, probe, per_item)
     model.load_state_dict(saved)
     if found is None or found[0] == before:
         return data.train_loader

@@ -236,8 +236,9 @@ def test_train_3d_patches_with_sliding_window_validation(compose, monkeypatch) -
         "trainer.log_images_every_n_epochs=0",  # image panels would add their own windowed passes
         "report.enabled=false",  # and so would the report's overlays
     )
-    # validation ran whole 32x32x8 volumes through 16x16x8 windows, one call per validation volume
-    assert windows == [((32, 32, 8), (16, 16, 8))] * 2
+    # validation ran whole 32x32x8 volumes through 16x16x8 windows, two calls per validation volume: the loss
+    # pass over the loader, then val/dice scored as mode=evaluate scores it (one slab holds these 8 slices)
+    assert windows == [((32, 32, 8), (16, 16, 8))] * 4
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["dataset"]["dims"] == 3
 

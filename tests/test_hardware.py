@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -183,28 +184,61 @@ def test_search_with_injected_oom_sets_batch_and_accumulation(compose):
     model = _OOMAbove(limit=6)
     sample = {"image": torch.randn(1, 8, 8), "label": torch.randint(0, 2, (1, 8, 8))}
     fits = oom_probe(model, build_loss(cfg.trainer.loss), sample, torch.device("cpu"), Precision("32", None, False))
-    found = search_micro_batch(cfg, fits, SimpleNamespace(type="cuda"))
+    found = search_micro_batch(cfg, fits)
     assert found == (6, 3)  # 4gb: 1 x 16 -> 6 x 3 (effective 18, the closest to 16)
     assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (6, 3)
     assert max(model.seen) > 6  # it did run into the injected out-of-memory error
     assert all(p.grad is None for p in model.parameters())  # probes leave no gradients behind
 
 
-def test_search_is_skipped_without_cuda(compose):
+def test_search_is_skipped_without_cuda(compose, caplog):
+    from medseg.hardware import fit_micro_batch
+
     cfg = compose("hardware.find_batch_size=true", tiny=False)
     before = (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches)
-    assert search_micro_batch(cfg, lambda n: True, torch.device("cpu")) is None
-    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == before
+    loader = object()
+    with caplog.at_level(logging.INFO, logger="medseg.hardware"):
+        kept = fit_micro_batch(cfg, None, None, SimpleNamespace(train_loader=loader), torch.device("cpu"), None)
+    assert kept is loader and (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == before
+    assert "find_batch_size: needs a CUDA device" in caplog.text
 
 
 def test_search_never_exceeds_the_effective_batch(compose):
     cfg = compose("hardware=16gb+", "hardware.find_batch_size=true", tiny=False)
-    assert search_micro_batch(cfg, lambda n: True, SimpleNamespace(type="cuda")) == (16, 1)
+    assert search_micro_batch(cfg, lambda n: True) == (16, 1)
 
 
-def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, monkeypatch):
-    import medseg.hardware as hw
+class ActivationCap:
+    """A memory budget on the CPU: the activations a forward pass really allocates (every module's output
+    tensors, summed) may not exceed `cap` bytes, else the pass fails with the error a GPU raises
+    (torch.OutOfMemoryError), which the probe catches. Stands in for a GPU's memory, which this machine lacks."""
+
+    def __init__(self, model: torch.nn.Module, cap: int) -> None:
+        self.cap, self.used, self.peaks = cap, 0, []
+        model.register_forward_pre_hook(self._start)
+        model.register_forward_hook(self._end)
+        for module in model.modules():
+            if module is not model:
+                module.register_forward_hook(self._count)
+
+    def _start(self, module, inputs) -> None:
+        self.used = 0
+
+    def _end(self, module, inputs, out) -> None:
+        self.peaks.append(self.used)
+
+    def _count(self, module, inputs, out) -> None:
+        tensors = out if isinstance(out, (list, tuple)) else [out]
+        self.used += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        if self.used > self.cap:
+            raise torch.OutOfMemoryError(f"activations need more than {self.cap} bytes")
+
+
+def test_the_search_finds_the_largest_micro_batch_under_a_real_memory_cap(compose):
+    """The real probe (forward + backward of a UNet on the CPU), the real search and the loader it rebuilds;
+    only the memory limit is a rule: the bytes the forward pass allocates may not exceed 5.5 samples' worth."""
     from medseg.data.datamodule import build_data
+    from medseg.hardware import probe_and_rebuild
     from medseg.models.factory import build_model
     from medseg.precision import Precision
     from medseg.tasks.build import build_loss
@@ -212,21 +246,27 @@ def test_fit_micro_batch_rebuilds_the_loader_and_leaves_the_weights(compose, mon
     cfg = compose(
         "hardware.find_batch_size=true",
         "data.batch_size=1",
-        "trainer.accumulate_grad_batches=4",
+        "trainer.accumulate_grad_batches=8",
         "model.channels=[8,16]",
         "model.norm=batch",  # running statistics: the probes' forward passes must not leak into them
     )
     data = build_data(cfg)
     model = build_model(cfg.model, data.info.in_channels, data.info.num_classes, 2)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    search = hw.search_micro_batch
-    # the real probe runs on the CPU; the search believes it is on a GPU
-    monkeypatch.setattr(hw, "search_micro_batch", lambda c, fits, device: search(c, fits, SimpleNamespace(type="cuda")))
-    loader = hw.fit_micro_batch(
+    meter = ActivationCap(model, cap=2**62)
+    with torch.no_grad():
+        model.eval()
+        model(data.train_set[0]["image"][None])
+    per_sample = meter.peaks[-1]  # activations grow linearly with the batch: so many bytes per sample
+    meter.cap, meter.peaks = int(5.5 * per_sample), []
+    loader = probe_and_rebuild(
         cfg, model, build_loss(cfg.trainer.loss), data, torch.device("cpu"), Precision("32", None, False)
     )
-    assert loader.batch_size == 4 and cfg.data.batch_size == 4 and cfg.trainer.accumulate_grad_batches == 1
+    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (5, 2)  # 1 x 8 -> 5 x 2 (effective 10)
+    assert loader.batch_size == 5 and next(iter(loader))["image"].shape[0] == 5
+    assert max(meter.peaks) == 5 * per_sample  # passes of 6 or more samples failed, as on a full GPU
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ---------------------------------------------------------------------- CPU limits
@@ -247,12 +287,87 @@ def test_cpu_limits_cap_workers_and_leave_the_rest_to_torch():
     assert cpu_limits(0, 2, cpus=2, busy=9.0) == (0, 2)  # the user's choice stands
 
 
-def test_busy_cpus_is_the_load_on_this_process_share(monkeypatch):
-    import medseg.hardware as hardware
+def _write_proc(root: Path, machine: tuple[int, int], own: int, child: int | None = None) -> None:
+    """A /proc with 2 CPUs: /proc/stat (busy, idle ticks), this process's own ticks and one live child's."""
+    busy, idle = machine
+    (root / "self" / "task" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "stat").write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0\ncpu1 0 0 0 0\nintr 0\n")
+    rest = "0 " * 9  # fields 5-13, then utime stime cutime cstime
+    (root / "self" / "stat").write_text(f"1 (py thon) R 0 {rest}{own} 0 0 0 20 0 1\n")
+    (root / "self" / "task" / "1" / "children").write_text("" if child is None else "77")
+    if child is not None:
+        (root / "77").mkdir(exist_ok=True)
+        (root / "77" / "stat").write_text(f"77 (worker) R 1 {rest}{child} 0 0 0 20 0 1\n")
 
-    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
-    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 16)
-    assert hardware.busy_cpus(4) == 3.0  # a quarter of the machine's CPUs carries a quarter of its load
+
+def test_busy_cpus_leave_out_this_process_and_ignore_the_lagging_load_average(tmp_path, monkeypatch):
+    """Both CPUs were busy, all of it this process (and its loader worker): nothing else is running, so the
+    automatic rule takes both CPUs, whatever a load average still remembers of the job before."""
+    from medseg.cpu_load import busy_between, snapshot
+    from medseg.hardware import cpu_limits
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.8, 2.8, 2.8))  # the previous job, still in the average
+    _write_proc(tmp_path, (1000, 5000), own=300, child=100)
+    before = snapshot(tmp_path)
+    _write_proc(tmp_path, (1000 + 200, 5000), own=300 + 150, child=100 + 50)  # 1 s: 200 busy ticks of 200
+    after = snapshot(tmp_path)
+    assert before is not None and after is not None and after.machine_cpus == 2
+    assert busy_between(before, after, cpus=2) == 0.0
+    assert cpu_limits(0, None, 2, busy_between(before, after, cpus=2)) == (0, 2)
+    _write_proc(tmp_path, (1200 + 150, 5000 + 50), own=450 + 50, child=150 + 0)  # another job: 100 of 200 ticks
+    busy = busy_between(after, snapshot(tmp_path), cpus=2)
+    assert busy == pytest.approx(1.0)
+    assert cpu_limits(0, None, 2, busy) == (0, 1)
+
+
+def test_the_counters_of_this_machine_count_this_process_and_its_children():
+    """On the real /proc: CPU time this process and a child spend shows up as their own, not as other work."""
+    import subprocess
+    import sys
+
+    from medseg.cpu_load import snapshot
+
+    first = snapshot()
+    if first is None:
+        pytest.skip("no /proc/stat on this platform")
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
+    try:
+        end = time.time() + 0.6
+        while time.time() < end:
+            sum(i * i for i in range(1000))
+        during = snapshot()
+    finally:
+        child.wait()
+    assert during is not None and during.own > first.own and during.total > first.total and during.busy > first.busy
+
+
+def test_adaptive_threads_follow_the_load_while_training(caplog):
+    """hardware.num_threads=null: a neighbour job starts, then ends; the thread count follows within the run."""
+    from medseg.cpu_load import CpuSnapshot
+    from medseg.engine.adaptive_threads import AdaptiveThreads
+
+    readings = iter(
+        [
+            CpuSnapshot(busy=0, total=0, own=0, machine_cpus=2),
+            CpuSnapshot(busy=4000, total=4000, own=2000, machine_cpus=2),  # another job took half the machine
+            CpuSnapshot(busy=8000, total=8000, own=6000, machine_cpus=2),  # it ended: only this process ran
+        ]
+    )
+    clock = iter([0.0, 25.0, 50.0])
+    adapt = AdaptiveThreads(cpus=2, workers=0, every_s=20.0, measure=lambda: next(readings), clock=lambda: next(clock))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.INFO, logger="medseg.engine.adaptive_threads"):
+            adapt.on_fit_start(None)
+            adapt.on_train_step(None, {})
+            assert torch.get_num_threads() == 1
+            adapt.on_epoch_end(None, {})
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert adapt.changes == [(2, 1, 1.0), (1, 2, 0.0)]
+    assert "PyTorch threads 2 -> 1: other work kept about 1.0 of 2 CPU(s) busy over the last 25 s" in caplog.text
 
 
 def test_usable_cpus_is_the_affinity_mask(monkeypatch):
@@ -307,3 +422,32 @@ def test_num_threads_has_a_default_everywhere(compose):
     assert HardwareConfig().num_threads is None
     for preset in ("cpu", "4gb", "8gb", "16gb+", "auto"):
         assert compose(f"hardware={preset}").hardware.num_threads is None
+
+
+def test_the_automatic_thread_count_is_logged_with_its_reason(compose, caplog):
+    from medseg.hardware import apply_cpu_limits
+
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="medseg.hardware"):
+            assert apply_cpu_limits(compose(), cpus=2, busy=1.2) == (0, 1)
+            assert apply_cpu_limits(compose(), cpus=2, busy=0.1) == (0, 2)
+    finally:
+        torch.set_num_threads(before)
+    assert "1 PyTorch thread(s): other work keeps about 1.2 of 2 CPU(s) busy now" in caplog.text
+    assert "2 PyTorch thread(s): other work keeps about 0.1 of 2 CPU(s) busy now" in caplog.text
+
+
+def test_the_search_counts_3d_patches_per_volume(compose):
+    """3D patches: a loaded volume brings samples_per_volume patches, so data.batch_size (volumes) is the
+    largest whole number of volumes whose patches fit, and the effective batch counts patches."""
+    cfg = compose("hardware=4gb", "hardware.find_batch_size=true", "data.batch_size=1", tiny=False)
+    probed: list[int] = []
+
+    def fits(n: int) -> bool:
+        probed.append(n)
+        return n <= 7  # 7 patches fit: 3 volumes of 2 patches
+
+    assert search_micro_batch(cfg, fits, per_item=2) == (3, 5)  # 1 x 2 x 16 = 32 patches -> 3 x 2 x 5 = 30
+    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (3, 5)
+    assert min(probed) == 2 and max(probed) <= 32

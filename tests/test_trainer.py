@@ -324,3 +324,36 @@ def test_precision_falls_back_on_cpu_with_a_warning(caplog):
     assert "16-mixed needs a CUDA device" in caplog.text
     bf16 = resolve_precision("bf16-mixed", CPU)
     assert bf16.dtype == torch.bfloat16 and not bf16.use_scaler
+
+
+def test_3d_patches_train_on_the_whole_loaded_batch_and_log_the_effective_batch(compose, monkeypatch, caplog):
+    """batch_size=2 volumes x samples_per_volume=2 patches: one forward of 4 per loaded batch (before, two of 2)."""
+    import medseg.tasks.train as train_task
+
+    forwards: list[int] = []
+    build = train_task.build_model
+
+    def counted(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda m, inputs, out: forwards.append(inputs[0].shape[0]) if m.training else None)
+        return model
+
+    monkeypatch.setattr(train_task, "build_model", counted)
+    with caplog.at_level(logging.INFO, logger="medseg.tasks.train"):
+        run_train(
+            compose(
+                "model.channels=[8,16]",
+                "data.dims=3",
+                "data.patch_size=[16,16,8]",
+                "data.pad_divisible=8",
+                "data.batch_size=2",
+                "data.samples_per_volume=2",
+                "trainer.accumulate_grad_batches=2",
+                "report.enabled=false",
+                "trainer.log_images_every_n_epochs=0",
+            )
+        )
+    assert forwards == [4, 4]  # 4 training volumes: 2 loaded batches of 2 x 2 patches, one forward each
+    assert "batch 2 x 2 samples per volume = micro-batch 4 x accumulation 2 x 1 process(es) = effective batch 8" in (
+        caplog.text
+    )

@@ -13,7 +13,8 @@ from torch import nn
 
 from medseg.data.datamodule import make_loader
 from medseg.engine.schedulers import LRSchedule
-from medseg.engine.trainer import Trainer, unpadded
+from medseg.engine.trainer import Trainer
+from medseg.engine.validation import unpadded
 from medseg.precision import resolve_precision
 from medseg.tasks.evaluate import class_scores
 from tests.conftest import TINY
@@ -183,3 +184,72 @@ def test_evaluate_on_best_pt_reproduces_the_best_val_dice(run_cli, tmp_path):
         "mode=evaluate", f"ckpt={train}/checkpoints/best.pt", f"paths.output_dir={evaluate}", "logger=none", check=True
     )
     assert contract_mean_dice(evaluate / "metrics.csv") == pytest.approx(best["val/dice"], abs=1e-4)
+
+
+# ---------------------------------------------------------------- val/dice == evaluate on a resized grid
+NO_EXTRAS = ["model.channels=[8,16]", "report.enabled=false", "trainer.log_images_every_n_epochs=0"]
+
+
+def _best_val_dice_and_evaluate(compose, tmp_path, *overrides: str) -> tuple[float, float, list[dict]]:
+    """Train, then mode=evaluate on best.pt: (best val/dice in history.json, evaluate's mean_dice, history)."""
+    from medseg.tasks.evaluate import run_evaluate
+    from medseg.tasks.train import run_train
+
+    train, evaluate = tmp_path / "train", tmp_path / "evaluate"
+    run_train(compose(*NO_EXTRAS, *overrides, output_dir=train))
+    history = json.loads((train / "history.json").read_text())
+    best = max(r["val/dice"] for r in history if r.get("val/dice") is not None)
+    ckpt = train / "checkpoints" / "best.pt"
+    mean_dice = run_evaluate(compose("mode=evaluate", f"ckpt={ckpt}", "evaluate.hd95=false", output_dir=evaluate))
+    assert mean_dice == json.loads((evaluate / "summary.json").read_text())["mean_dice"]
+    return best, mean_dice, history
+
+
+def test_val_dice_equals_evaluate_at_scale_half_with_workers_and_accumulation(compose, tmp_path):
+    """2D at data.scale=0.5: validation scores each case on its original grid, as mode=evaluate does
+    (before, it scored the half-size stored grid: 0.0826 against evaluate's 0.0767 in the report)."""
+    best, mean_dice, history = _best_val_dice_and_evaluate(
+        compose,
+        tmp_path,
+        "data.scale=0.5",
+        "trainer.max_epochs=2",
+        "hardware.num_workers=1",  # loader workers > 0
+        "hardware.persistent_workers=false",
+        "trainer.accumulate_grad_batches=2",
+    )
+    assert history[-1]["accumulate"] == 2 and history[-1]["val/cases"] == 2
+    assert mean_dice == pytest.approx(best, abs=1e-6)
+
+
+def test_val_dice_equals_evaluate_with_an_image_size(compose, tmp_path):
+    """2D slices resized to data.image_size=[24,20] (not the aspect of the 32 x 32 images): the same equality."""
+    best, mean_dice, _ = _best_val_dice_and_evaluate(compose, tmp_path, "data.image_size=[24,20]")
+    assert mean_dice == pytest.approx(best, abs=1e-6)
+
+
+def test_val_dice_equals_evaluate_for_3d_with_a_spacing_change(compose, tmp_path):
+    """3D patches, volumes resampled from 1 x 1 x 2.5 mm to 1.5 x 1.5 x 2 mm: val/dice is scored on the
+    original grid after the prediction is resampled back, as evaluate scores it."""
+    best, mean_dice, _ = _best_val_dice_and_evaluate(
+        compose,
+        tmp_path,
+        "data.dims=3",
+        "data.patch_size=[16,16,8]",
+        "data.pad_divisible=8",
+        "data.spacing=[1.5,1.5,2.0]",
+        "data.samples_per_volume=2",
+        "data.batch_size=2",
+        "trainer.max_epochs=2",
+    )
+    assert mean_dice == pytest.approx(best, abs=1e-6)
+
+
+def test_a_val_batch_limit_scores_the_cases_those_batches_hold():
+    """trainer.limit_val_batches with original-grid scoring: the cases whose slices the first batches hold."""
+    from medseg.engine.validation import scored_cases
+
+    preds, truths = cases()  # 3, 2 and 4 slices
+    data = OneHotSlices(preds, truths)
+    assert scored_cases(data, None, 4, 3) == [0, 1, 2]  # no limit: every case
+    assert scored_cases(data, 1, 4, 3) == [0, 1]  # slices 0-3: case 0's three and case 1's first
+    assert scored_cases(data, 2, 4, 3) == [0, 1, 2]

@@ -19,6 +19,14 @@ import numpy as np
 import torch
 
 
+def confusion(pred: torch.Tensor, true: torch.Tensor, k: int) -> torch.Tensor:
+    """(3, k) counts of true positives, predicted and true voxels per class, from one bincount of the
+    (true, predicted) pairs: one pass over the voxels (the training loop counts every micro-batch)."""
+    true = true.reshape(-1).to(pred.device, torch.long).clamp(0, k - 1)
+    pairs = torch.bincount(true * k + pred.reshape(-1).clamp(0, k - 1), minlength=k * k).reshape(k, k)
+    return torch.stack([pairs.diagonal(), pairs.sum(dim=0), pairs.sum(dim=1)])
+
+
 class ConfusionCounter:
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
@@ -27,11 +35,7 @@ class ConfusionCounter:
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """logits (B, C, *spatial); labels (B, 1, *spatial) or (B, *spatial) integer classes."""
         pred = logits.argmax(dim=1).reshape(-1)
-        true = labels.reshape(-1).to(pred.device, torch.long)
-        c = self.num_classes
-        self.counts[0] += torch.bincount(true[pred == true], minlength=c)[:c]
-        self.counts[1] += torch.bincount(pred, minlength=c)[:c]
-        self.counts[2] += torch.bincount(true.clamp(0, c - 1), minlength=c)[:c]
+        self.counts += confusion(pred, labels, self.num_classes)
 
     def merge_(self, other_counts: torch.Tensor) -> None:
         self.counts += other_counts.to(self.counts.device)
@@ -55,11 +59,7 @@ class CaseConfusion:
 
     def update(self, pred: torch.Tensor, true: torch.Tensor, case: int) -> None:
         """Add one item: predicted and true class indices of the same shape, from case `case`."""
-        pred, true = pred.reshape(-1), true.reshape(-1).to(pred.device, torch.long).clamp(0, self.num_classes - 1)
-        c = self.num_classes
-        self.counts[case, 0] += torch.bincount(true[pred == true], minlength=c)[:c]
-        self.counts[case, 1] += torch.bincount(pred, minlength=c)[:c]
-        self.counts[case, 2] += torch.bincount(true, minlength=c)[:c]
+        self.counts[case] += confusion(pred.reshape(-1), true, self.num_classes)
 
     def pooled(self) -> ConfusionCounter:
         """All cases summed: the pooled counts."""

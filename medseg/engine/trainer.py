@@ -5,12 +5,15 @@
         train_epoch()     loaded batches -> micro-batches -> forward (autocast) -> loss x weight -> backward
                           every `accumulate` batches: _optimizer_step() (unscale, measure and
                           clip the gradient norm, skip non-finite steps, step, schedule)
-        validate()        forward (or sliding window for 3D) -> loss and per-case confusion counts
+        validate()        loss over the validation loader; Dice per case on the original grid, as
+                          mode=evaluate scores it (validation.py, case_scoring.py)
         epoch record      -> history, callbacks (checkpoints, early stopping, trackers, plots)
 
 Features attach through callbacks (medseg/engine/callbacks.py); the loop itself only knows about
 precision, accumulation, clipping, the LR schedule and recovery from non-finite losses and
-out-of-memory errors (the remedies live in medseg/engine/oom.py).
+out-of-memory errors (the remedies live in medseg/engine/oom.py). Around it, each in its own room:
+epoch_plan.py (seeding, batch counts, accumulation group sizes), epoch_record.py (the history row and
+console lines), resume.py (what a checkpoint holds and how a run continues from it).
 """
 
 from __future__ import annotations
@@ -28,10 +31,15 @@ import torch
 from torch import nn
 
 from medseg.engine.callbacks import Callback
-from medseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
-from medseg.engine.metrics import CaseConfusion, ConfusionCounter, foreground_mean, nan_to_none, ranked_classes
+from medseg.engine.case_scoring import CaseScorer
+from medseg.engine.checkpoint import save_checkpoint
+from medseg.engine.epoch_plan import limited_len, loaded_batch_size, planned_group_sizes, progress, seed_epoch
+from medseg.engine.epoch_record import batch_metrics, epoch_record, fmt, is_better, log_epoch
+from medseg.engine.metrics import ConfusionCounter, foreground_mean, nan_to_none
 from medseg.engine.oom import OomRecovery
+from medseg.engine.resume import checkpoint_payload, restore
 from medseg.engine.schedulers import LRSchedule
+from medseg.engine.validation import validate
 from medseg.errors import TrainingError
 from medseg.precision import Precision
 
@@ -71,6 +79,7 @@ class Trainer:
         progress_bar: bool = True,
         extra_state: dict[str, Any] | None = None,
         distributed: Any = None,
+        case_scorer: CaseScorer | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.schedule = model, loss_fn, optimizer, schedule
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -89,6 +98,7 @@ class Trainer:
         self.progress_bar = progress_bar and sys.stderr.isatty()
         self.extra_state = extra_state or {}
         self.distributed = distributed  # medseg.engine.distributed.DistContext or None
+        self.case_scorer = case_scorer  # val/dice on each case's original grid, as mode=evaluate
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
 
         self.epoch = 0  # epochs completed
@@ -100,7 +110,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.nonfinite_in_a_row = 0
         self._group_loss = torch.zeros((), device=device)  # loss x weight of the current accumulation group
-        self.oom = OomRecovery(oom_recovery, int(getattr(train_loader, "batch_size", 0) or 0))
+        self.oom = OomRecovery(oom_recovery, loaded_batch_size(train_loader))
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_saved: Path | None = None
         self.weights_epoch: int | None = None  # set when the model ends with an earlier epoch's weights
@@ -130,9 +140,9 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         self.model.train()
-        self._seed_epoch(self.epoch)
-        n_batches = _limited_len(self.train_loader, self.limit_train_batches)
-        group_sizes = self._planned_group_sizes(n_batches)
+        seed_epoch(self.train_loader, self.seed, self.epoch)
+        n_batches = limited_len(self.train_loader, self.limit_train_batches)
+        group_sizes = planned_group_sizes(self.train_loader, n_batches, self.accumulate)
 
         counter = ConfusionCounter(self.num_classes, self.device)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -142,7 +152,8 @@ class Trainer:
         self._group_loss = torch.zeros((), device=self.device)
 
         group: list[tuple[torch.Tensor, torch.Tensor]] = []  # this group's batches, kept for out-of-memory recovery
-        bar = self._progress(self.train_loader, n_batches, f"epoch {self.epoch + 1}")
+        show_bar = self.progress_bar and self.is_main_process
+        bar = progress(self.train_loader, n_batches, f"epoch {self.epoch + 1}", show_bar)
         for i, batch in enumerate(bar):
             if i >= n_batches:
                 break
@@ -162,7 +173,7 @@ class Trainer:
                     self._log_step(loss, grad_norm)
                     if bar is not self.train_loader:  # postfix only at logging steps: no extra host sync
                         dice = foreground_mean(counter.scores()["dice"])
-                        bar.set_postfix(loss=f"{float(loss):.4f}", dice=_fmt(nan_to_none(dice)), refresh=False)
+                        bar.set_postfix(loss=f"{float(loss):.4f}", dice=fmt(nan_to_none(dice)), refresh=False)
 
         elapsed = time.perf_counter() - started
         if self.distributed is not None:
@@ -179,54 +190,22 @@ class Trainer:
             "samples_per_s": samples / elapsed if elapsed > 0 else math.nan,
         }
 
-    @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Loss and Dice over the validation cases, scored as mode=evaluate scores them.
-
-        Counts are kept per (case, class): a 2D case sums the counts of all its slices, which is the
-        same as scoring the assembled volume. Padding added by the item transforms is cropped off.
-        """
-        self.model.eval()
-        dataset = self.val_loader.dataset
-        case_ids = list(getattr(dataset, "case_ids", None) or range(len(dataset)))
-        counts = CaseConfusion(len(case_ids), self.num_classes, self.device)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        samples, position = 0, 0
-        n_batches = _limited_len(self.val_loader, self.limit_val_batches)
-        for i, batch in enumerate(self.val_loader):
-            if i >= n_batches:
-                break
-            images, labels = self._to_device(batch)
-            with self.precision.autocast(self.device):
-                logits = self.inferer(images, self.model)
-                loss = self.loss_fn(logits, labels)
-            loss_sum += loss.detach().double() * images.shape[0]
-            samples += images.shape[0]
-            indices = batch["index"].tolist() if "index" in batch else range(position, position + images.shape[0])
-            position += images.shape[0]
-            pred = logits.detach().argmax(dim=1)
-            for j, index in enumerate(indices):
-                if index < 0:  # a repeat DistributedSampler adds to even out the ranks: counted once elsewhere
-                    continue
-                crop = unpadded(pred.shape[1:], _spatial_shape(dataset, index))
-                case = dataset.case_index(index) if hasattr(dataset, "case_index") else index
-                counts.update(pred[j][crop], labels[j].reshape(pred.shape[1:])[crop], case)
-        if self.distributed is not None:
-            loss_sum, samples = self.distributed.sum_loss(loss_sum, samples)
-            self.distributed.sum_(counts.counts)
-        scores = counts.scores()
-        pooled = counts.pooled().scores()
-        return {
-            "loss": float(loss_sum) / max(1, samples),
-            "dice": scores["dice"],
-            "iou": scores["iou"],
-            "dice_per_class": scores["dice_per_class"],
-            "iou_per_class": scores["iou_per_class"],
-            "dice_pooled": foreground_mean(pooled["dice"]),
-            "iou_pooled": foreground_mean(pooled["iou"]),
-            "dice_pooled_per_class": pooled["dice"],
-            "cases": sum(1 for d in scores["dice_per_case"] if not math.isnan(d)),
-        }
+        """Loss over the validation loader; Dice per case as mode=evaluate scores it (engine/validation.py)."""
+        return validate(
+            self.model,
+            self.val_loader,
+            self.loss_fn,
+            self.inferer,
+            device=self.device,
+            precision=self.precision,
+            num_classes=self.num_classes,
+            n_batches=limited_len(self.val_loader, self.limit_val_batches),
+            to_device=self._to_device,
+            scorer=self.case_scorer,
+            scoring_model=self._unwrapped(),
+            distributed=self.distributed,
+        )
 
     # ------------------------------------------------------------------ one step
     def _train_batch(
@@ -338,91 +317,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ records and logging
     def _epoch_record(self, train: dict[str, Any], val: dict[str, Any], seconds: float) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "epoch": self.epoch,
-            "step": self.global_step,
-            "lr": self.schedule.lr(),
-            "train/loss": train["loss"],
-            "train/dice": nan_to_none(train["dice"]),
-            "train/iou": nan_to_none(train["iou"]),
-            "train/grad_norm": train["grad_norm"],
-            "train/samples_per_s": train["samples_per_s"],
-            "time/epoch_s": seconds,
-            "micro_batch": self.micro_batch_size,
-            "accumulate": self.accumulate,
-        }
-        if self.device.type == "cuda":
-            gib = 2**30
-            record["gpu/mem_allocated_gb"] = torch.cuda.memory_allocated(self.device) / gib
-            record["gpu/mem_reserved_gb"] = torch.cuda.memory_reserved(self.device) / gib
-            record["gpu/max_mem_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / gib
-        if val:
-            record.update(
-                {
-                    "val/loss": val["loss"],
-                    "val/dice": nan_to_none(val["dice"]),  # mean over cases of per-case Dice, as mode=evaluate
-                    "val/iou": nan_to_none(val["iou"]),
-                    "val/dice_pooled": nan_to_none(val["dice_pooled"]),  # counts pooled over all voxels
-                    "val/iou_pooled": nan_to_none(val["iou_pooled"]),
-                    "val/cases": val["cases"],
-                }
-            )
-            per_class = zip(self.class_names, val["dice_per_class"], val["iou_per_class"], val["dice_pooled_per_class"])
-            for name, d, j, pooled in per_class:
-                record[f"val/dice/{name}"] = nan_to_none(d)
-                record[f"val/iou/{name}"] = nan_to_none(j)
-                record[f"val/dice_pooled/{name}"] = nan_to_none(pooled)
-            record["gap/loss"] = val["loss"] - train["loss"]
-            if record["train/dice"] is not None and record["val/dice"] is not None:
-                record["gap/dice"] = record["train/dice"] - record["val/dice"]
-            # relative generalisation gap of the loss: 0 = none, 0.5 = val loss 50% above train loss
-            record["overfit/score"] = (val["loss"] - train["loss"]) / max(train["loss"], 1e-8)
-            ranked = ranked_classes(val["dice_per_class"], self.class_names)
-            record["val/top5"], record["val/bottom5"] = ranked["top"], ranked["bottom"]
-        self._update_best(record.get(self.monitor))
+        record = epoch_record(
+            epoch=self.epoch,
+            step=self.global_step,
+            lr=self.schedule.lr(),
+            train=train,
+            val=val,
+            seconds=seconds,
+            micro_batch=self.micro_batch_size,
+            accumulate=self.accumulate,
+            device=self.device,
+            class_names=self.class_names,
+        )
+        self.improved = is_better(record.get(self.monitor), self.best_score, self.monitor_mode)
+        if self.improved:
+            self.best_score, self.best_epoch = float(record[self.monitor]), self.epoch
         record["best/" + self.monitor] = self.best_score
         return record
 
-    def _update_best(self, value: float | None) -> None:
-        self.improved = False
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return
-        better = self.best_score is None or (
-            value > self.best_score if self.monitor_mode == "max" else value < self.best_score
-        )
-        if better:
-            self.best_score, self.best_epoch, self.improved = float(value), self.epoch, True
-
-    def _log_epoch(self, r: dict[str, Any]) -> None:
-        if not self.is_main_process:
-            return
-        val = f" val/loss {r['val/loss']:.4f} val/dice {_fmt(r['val/dice'])}" if "val/loss" in r else ""
-        log.info(
-            "epoch %d/%d: train/loss %.4f train/dice %s%s lr %.2e grad_norm %.3g %.1f samples/s (%.1fs)",
-            r["epoch"],
-            self.max_epochs,
-            r["train/loss"],
-            _fmt(r["train/dice"]),
-            val,
-            r["lr"],
-            r["train/grad_norm"],
-            r["train/samples_per_s"],
-            r["time/epoch_s"],
-        )
-        # printed only when no class is in both lists: with fewer than 10 foreground classes they repeat
-        top, bottom = r.get("val/top5") or [], r.get("val/bottom5") or []
-        if bottom and not {n for n, _ in top} & {n for n, _ in bottom}:
-            log.info("  top classes: %s | bottom: %s", _pairs(r["val/top5"]), _pairs(r["val/bottom5"]))
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        if self.is_main_process:
+            log_epoch(record, self.max_epochs)
 
     def _log_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
-        metrics = {"batch/loss": float(loss), "batch/lr": self.schedule.lr()}
-        if self._last_batch is not None:
-            batch_counter = ConfusionCounter(self.num_classes, self.device)
-            batch_counter.update(*self._last_batch)
-            metrics["batch/dice"] = nan_to_none(foreground_mean(batch_counter.scores()["dice"]))
-        if grad_norm is not None:
-            metrics["batch/grad_norm"] = float(grad_norm)
-        self._call("on_train_step", metrics)
+        lr = self.schedule.lr()
+        self._call("on_train_step", batch_metrics(loss, lr, grad_norm, self._last_batch, self.num_classes))
 
     # ------------------------------------------------------------------ state
     @property
@@ -440,23 +359,7 @@ class Trainer:
         self._unwrapped().load_state_dict(state)
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        return {
-            **self.extra_state,
-            "model": self.model_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "monitor": self.monitor,
-            "rng": rng_state(),
-            "history": self.history,
-            "micro_batch_size": self.micro_batch_size,
-            "accumulate": self.accumulate,
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
-        }
+        return checkpoint_payload(self)
 
     def save(self, path: str | Path, payload: dict[str, Any]) -> None:
         save_checkpoint(path, payload)
@@ -464,46 +367,9 @@ class Trainer:
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Continue exactly where a checkpoint stopped (trainer.resume=true)."""
-        self.load_model_state(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        self.best_score, self.best_epoch = ckpt.get("best_score"), ckpt.get("best_epoch")
-        self.history = list(ckpt.get("history", []))
-        saved_micro = int(ckpt.get("micro_batch_size") or 0)
-        if 0 < saved_micro < self.oom.micro_batch_size:  # an earlier out-of-memory recovery carries over
-            self.oom.micro_batch_size = saved_micro
-        states = ckpt.get("callbacks", {})
-        for cb in self.callbacks:
-            if type(cb).__name__ in states:
-                cb.load_state_dict(states[type(cb).__name__])
-        set_rng_state(ckpt["rng"])
-        log.info("resumed at epoch %d, step %d", self.epoch, self.global_step)
+        restore(self, ckpt)
 
     # ------------------------------------------------------------------ helpers
-    def _seed_epoch(self, epoch: int) -> None:
-        """Data order and augmentation depend only on (seed, epoch), so a resumed run sees the same.
-
-        The sampler of medseg.data.datamodule.make_loader shuffles by (seed, epoch) and hands the epoch
-        to each item, whose augmentation is drawn from (seed, epoch, rank, index) in whichever worker.
-        """
-        loader = self.train_loader
-        if getattr(loader, "generator", None) is not None:  # worker base seeds of a non-persistent loader
-            loader.generator.manual_seed(self.seed * 100_003 + epoch)
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        if hasattr(loader.dataset, "set_epoch"):  # e.g. background slices drawn anew each epoch
-            loader.dataset.set_epoch(epoch)
-
-    def _planned_group_sizes(self, n_batches: int) -> list[int]:
-        """Samples in each accumulation group, so a last partial group is scaled by its true size."""
-        bs = int(getattr(self.train_loader, "batch_size", 1) or 1)
-        per_item = getattr(self.train_loader.dataset, "items_per_index", 1)
-        n_items = len(self.train_loader.sampler) if hasattr(self.train_loader, "sampler") else n_batches * bs
-        sizes = [min(bs, n_items - b * bs) * per_item for b in range(n_batches)]
-        return [sum(sizes[g : g + self.accumulate]) for g in range(0, n_batches, self.accumulate)]
-
     def _to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
         images = batch["image"].to(self.device, non_blocking=non_blocking, memory_format=self.memory_format)
@@ -515,38 +381,6 @@ class Trainer:
             return self.model.no_sync()
         return contextlib.nullcontext()
 
-    def _progress(self, loader: Any, total: int, desc: str) -> Any:
-        if not self.progress_bar or not self.is_main_process:
-            return loader
-        from tqdm import tqdm
-
-        return tqdm(loader, total=total, desc=desc, leave=False, dynamic_ncols=True)
-
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
-
-
-def unpadded(padded: torch.Size | tuple[int, ...], original: tuple[int, ...] | None) -> tuple[slice, ...]:
-    """The region of an item padded symmetrically (MONAI DivisiblePadd's default) that holds the original."""
-    if original is None or len(original) != len(padded):
-        return tuple(slice(None) for _ in padded)
-    return tuple(slice((p - o) // 2, (p - o) // 2 + o) for p, o in zip(padded, original))
-
-
-def _spatial_shape(dataset: Any, index: int) -> tuple[int, ...] | None:
-    shape = getattr(dataset, "spatial_shape", None)
-    return tuple(shape(index)) if shape is not None else None
-
-
-def _limited_len(loader: Any, limit: int | None) -> int:
-    n = len(loader)
-    return min(n, int(limit)) if limit else n
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
-
-
-def _pairs(pairs: list[list[Any]]) -> str:
-    return ", ".join(f"{n} {v:.3f}" for n, v in pairs)

@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from medseg.config.redact import redact_config
 from medseg.data.datamodule import build_data
+from medseg.engine.adaptive_threads import AdaptiveThreads
 from medseg.engine.callbacks import EarlyStopping, HistoryWriter, ModelCheckpoint, TrackerBridge
+from medseg.engine.case_scoring import CaseScorer
 from medseg.engine.checkpoint import library_versions, load_checkpoint
 from medseg.engine.distributed import DistContext, init_distributed, shared_run_dir
 from medseg.engine.histograms import ParameterHistograms
@@ -20,7 +22,7 @@ from medseg.engine.image_panels import ImagePanels
 from medseg.engine.optuna_pruning import OptunaPruning
 from medseg.engine.schedulers import LRSchedule
 from medseg.engine.trainer import Trainer
-from medseg.hardware import fit_micro_batch, resolve_auto_hardware
+from medseg.hardware import fit_micro_batch, resolve_auto_hardware, usable_cpus
 from medseg.inference.inferers import make_inferer
 from medseg.io_utils import write_json
 from medseg.models.factory import build_model, describe_model
@@ -100,15 +102,7 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     if tcfg.limit_train_batches:
         n_batches = min(n_batches, int(tcfg.limit_train_batches))
     schedule = LRSchedule(cfg.scheduler, optimizer, math.ceil(n_batches / accumulate), int(tcfg.max_epochs))
-    log.info(
-        "device %s, precision %s, micro-batch %d x accumulation %d x %d process(es) = effective batch %d",
-        device,
-        precision.name,
-        cfg.data.batch_size,
-        accumulate,
-        world_size,
-        cfg.data.batch_size * accumulate * world_size,
-    )
+    log.info("device %s, precision %s, %s", device, precision.name, batch_line(data, accumulate, world_size))
 
     # 3. callbacks and trackers
     resumed = ckpt if (ckpt is not None and tcfg.resume) else None
@@ -129,6 +123,8 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
     if tcfg.early_stopping.enabled:
         es = tcfg.early_stopping
         callbacks.insert(0, EarlyStopping(tcfg.monitor, tcfg.monitor_mode, es.patience, es.min_delta, es.restore_best))
+    if not cfg.hardware.num_threads:  # automatic: follow the load of other work as the run goes
+        callbacks.append(AdaptiveThreads(usable_cpus(), int(cfg.hardware.num_workers)))
     trial = current_trial()  # an Optuna trial of the medseg_optuna sweeper: report each epoch, maybe prune
     if trial is not None:
         callbacks.append(OptunaPruning(trial, str(tcfg.monitor)))  # last: the epoch's files are written first
@@ -174,6 +170,7 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         progress_bar=bool(tcfg.progress_bar),
         extra_state=extra_state,
         distributed=ddp,
+        case_scorer=validation_scorer(cfg, data, device, precision),
     )
     exit_code = 1
     try:  # trackers are finished whatever happens, so a multirun's next job starts a fresh run
@@ -194,6 +191,37 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
 
         log_next_commands(cfg, out)
     return best
+
+
+def batch_line(data: Any, accumulate: int, world_size: int) -> str:
+    """'[batch B x S samples per volume = ]micro-batch M x accumulation A x P process(es) = effective batch E'."""
+    batch = int(data.train_loader.batch_size)
+    per_item = int(getattr(data.train_set, "items_per_index", 1) or 1)
+    loaded = f"batch {batch} x {per_item} samples per volume = " if per_item > 1 else ""
+    micro = batch * per_item
+    return (
+        f"{loaded}micro-batch {micro} x accumulation {accumulate} x {world_size} process(es)"
+        f" = effective batch {micro * accumulate * world_size}"
+    )
+
+
+def validation_scorer(cfg: DictConfig, data: Any, device: torch.device, precision: Any) -> CaseScorer:
+    """val/dice on each validation case's original grid, with mode=evaluate's settings (predict.*, no TTA)."""
+    from medseg.data.datamodule import context_slices
+
+    info = data.info
+    return CaseScorer(
+        data.val_volumes.store,
+        data.val_volumes.data,
+        cfg.data,
+        num_classes=info.num_classes,
+        channels=info.in_channels // (2 * context_slices(cfg.data) + 1),
+        device=device,
+        precision=precision,
+        threshold=float(cfg.predict.threshold),
+        overlap=float(cfg.predict.overlap),
+        batch_size=int(cfg.predict.batch_size),
+    )
 
 
 def _fmt(v: float | None) -> str:
