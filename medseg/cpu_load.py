@@ -27,6 +27,14 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or taskset's share), not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class CpuSnapshot:
     busy: int  # machine-wide busy ticks (user, nice, system, irq, softirq, steal), all CPUs

@@ -8,12 +8,12 @@ The presets themselves are YAML files in conf/hardware/; this module only choose
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.cpu_load import usable_cpus
 from medseg.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -128,14 +128,6 @@ def resolve_auto_hardware(
 
 
 # ---------------------------------------------------------------------- CPU limits
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a container's or taskset's share), not the host's."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS and Windows have no affinity mask
-        return max(1, os.cpu_count() or 1)
 
 
 def busy_cpus(cpus: int) -> float:

@@ -371,10 +371,12 @@ def test_adaptive_threads_follow_the_load_while_training(caplog):
 
 
 def test_usable_cpus_is_the_affinity_mask(monkeypatch):
-    import medseg.hardware as hardware
+    import os
 
-    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
-    assert hardware.usable_cpus() == 2
+    from medseg.cpu_load import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    assert usable_cpus() == 2
 
 
 def test_apply_cpu_limits_updates_the_config_sets_threads_and_logs_once(compose, caplog):

@@ -25,7 +25,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUM
 
 def threads_per_builder(workers: int, cpus: int | None = None) -> int:
     """The CPUs this process may use, shared among `workers` builders (at least 1 each)."""
-    from medseg.hardware import usable_cpus
+    from medseg.cpu_load import usable_cpus
 
     cpus = usable_cpus() if cpus is None else int(cpus)
     return max(1, cpus // max(1, int(workers)))
