@@ -56,6 +56,12 @@ def _report(cfg: DictConfig) -> Any:
     run_report(cfg)
 
 
+def _plan(cfg: DictConfig) -> Any:
+    from medseg.tasks.plan import run_plan
+
+    return run_plan(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
@@ -64,6 +70,7 @@ MODES: dict[str, Callable[[DictConfig], Any]] = {
     "lr_find": _lr_find,
     "preprocess": _preprocess,
     "report": _report,
+    "plan": _plan,
 }
 
 
@@ -73,6 +80,10 @@ def main(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
+    from medseg.planning.apply import PLANNING_MODES, apply_default_plan
+
+    if cfg.mode in PLANNING_MODES:
+        apply_default_plan(cfg)  # plan=default: data=msd / totalseg are planned (command-line keys win)
     from medseg.config.validate import validate_config
 
     validate_config(cfg)  # every value in its range before any work or output
@@ -125,5 +136,11 @@ def _config_tree(cfg: DictConfig, show: bool) -> None:
     secrets = secret_values(cfg)
     overrides = [redact_text(o, secrets) for o in overrides]
     log.info("%s", run_header(str(cfg.mode), choices, overrides, out, None if show else out / "config_tree.txt"))
+    from medseg.planning.apply import plan_summary, write_plan_json
+
+    summary = plan_summary(cfg)  # plan=auto: which plan this run trains (plan.json in the run folder)
+    if summary:
+        log.info("%s", summary)
+        write_plan_json(cfg, out / "plan.json")
     if show:
         log.info("config:\n%s", tree)
