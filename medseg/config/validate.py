@@ -146,6 +146,7 @@ RANGES: tuple[Range, ...] = (
     _int("hardware.max_batch_size", 1),
     Range("hardware.model_width", low=0, low_open=True),
     Range("hardware.memory_gb", low=0, low_open=True, nullable=True),
+    Range("plan.memory_gb", low=0, low_open=True, nullable=True),
     # optimizer and scheduler (open groups: checked where the chosen option has the key)
     Range("optimizer.lr", low=0, low_open=True),
     Range("optimizer.weight_decay", low=0, nullable=True),

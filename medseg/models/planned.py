@@ -27,9 +27,12 @@ RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnU-Net ResEnc pre
 
 
 class PlannedUNet(BlockCheckpointing, nets.DynUNet):
-    """A U-Net of a plan. Train mode with deep supervision returns a list of full-size logits (main output
-    first, as medseg's DynUNet does; the training loss wraps in DeepSupervisionLoss); eval mode returns
-    the main output."""
+    """A U-Net of a plan. Train mode with deep supervision returns a list of logits, the full-resolution
+    output first, then each deeper head at its own resolution (as nnU-Net does: MONAI's
+    DeepSupervisionLoss, which the training loss wraps it in, shrinks the target to each head). DynUNet
+    itself would upsample every head to full size and stack them, which for many classes costs more memory
+    than the whole network (TotalSegmentator, 118 classes: 4 heads x 118 x 112 x 112 x 128 floats per
+    sample). Eval mode returns the main output."""
 
     checkpoint_blocks = (UnetBasicBlock, UnetResBlock, UnetUpBlock)
 
@@ -136,7 +139,7 @@ class PlannedUNet(BlockCheckpointing, nets.DynUNet):
             self.conv_block = saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        out = super().forward(x)
+        out = self.output_block(self.skip_layers(x))
         if self.training and self.deep_supervision:
-            return list(torch.unbind(out, dim=1))  # (B, heads, C, ...) -> [main, deeper...]
+            return [out, *self.heads]  # the skip layers filled self.heads on the way up
         return out

@@ -200,8 +200,8 @@ def apply_default_plan(cfg: DictConfig, overrides: Any = None) -> str:
     name = str(OmegaConf.select(cfg, "plan.name", default="none"))
     if name != "default":
         return name
-    if str(cfg.data.layout) not in PLAN_BY_DEFAULT:
-        OmegaConf.update(cfg, "plan.name", "none", merge=False)
+    if str(cfg.data.layout) not in PLAN_BY_DEFAULT or _chosen_experiment():
+        OmegaConf.update(cfg, "plan.name", "none", merge=False)  # an experiment= recipe is its own plan
         return "none"
     from medseg.hardware import _flatten, command_line_keys
     from medseg.runtime import conf_dir
@@ -223,6 +223,17 @@ def apply_default_plan(cfg: DictConfig, overrides: Any = None) -> str:
             OmegaConf.update(cfg, key, value, merge=False)
     log.info("plan=default: data=%s is planned (plan=auto); plan=none trains the configured model", cfg.data.layout)
     return "auto"
+
+
+def _chosen_experiment() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return HydraConfig.get().runtime.choices.get("experiment")
+    except Exception:  # noqa: BLE001 - outside a Hydra run there is no recipe
+        return None
+    return None
 
 
 def open_dict(cfg: DictConfig) -> Any:
