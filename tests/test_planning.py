@@ -99,6 +99,30 @@ def test_ct_is_clipped_and_zscored_others_per_case() -> None:
     assert brain == {"scheme": "zscore", "nonzero_mask": True}  # cropping to the brain removes > 1/4
 
 
+def test_ct_zscore_preset_clips_to_the_window_then_zscores() -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from medseg.data.transforms import intensity_transforms
+
+    cfg = OmegaConf.create({"preset": "ct_zscore", "ct_window": [-100.0, 300.0], "mean": [50.0], "std": [80.0]})
+    image = torch.linspace(-1000, 1000, 101).reshape(1, 101)
+    out = {"image": image.clone()}
+    for t in intensity_transforms(cfg):
+        out = t(out)
+    expected = (image.clamp(-100, 300) - 50) / 80
+    assert torch.allclose(torch.as_tensor(out["image"]), expected, atol=1e-5)
+    nonzero = OmegaConf.create({"preset": "zscore_nonzero"})
+    brain = torch.zeros(1, 10)
+    brain[0, 3:7] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = {"image": brain.clone()}
+    for t in intensity_transforms(nonzero):
+        out = t(out)
+    inside = brain[0, 3:7]
+    assert torch.allclose(torch.as_tensor(out["image"])[0, 3:7], (inside - inside.mean()) / inside.std(unbiased=False))
+    assert torch.as_tensor(out["image"])[0, :3].abs().max() == 0
+
+
 # ------------------------------------------------------------------------- fingerprint, computed once
 def test_fingerprint_is_computed_once_and_reused(compose, monkeypatch) -> None:
     import medseg.planning.fingerprint as fpmod

@@ -28,10 +28,10 @@ PRESETS = {
 @pytest.mark.parametrize("preset", sorted(PRESETS, key=PRESETS.get))
 @pytest.mark.parametrize("config", ["3d_fullres", "2d"])
 def test_preset_plan_trains_within_its_budget(preset: str, config: str) -> None:
-    from monai.losses import DeepSupervisionLoss, DiceCELoss
+    from monai.losses import DiceCELoss
 
     from medseg.benchmarks.plan_vs_nnunet import fingerprints
-    from medseg.models.planned import PlannedUNet
+    from medseg.models.planned import DeepSupervisionLoss, PlannedUNet
     from medseg.planning.planner import make_plan
 
     budget = PRESETS[preset]

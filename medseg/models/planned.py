@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from monai import losses
 from monai.networks import nets
 from monai.networks.blocks import UnetBasicBlock, UnetResBlock, UnetUpBlock
 from torch import nn
@@ -143,3 +145,15 @@ class PlannedUNet(BlockCheckpointing, nets.DynUNet):
         if self.training and self.deep_supervision:
             return [out, *self.heads]  # the skip layers filled self.heads on the way up
         return out
+
+
+class DeepSupervisionLoss(losses.DeepSupervisionLoss):
+    """MONAI's DeepSupervisionLoss for heads at their own resolution: the label map is shrunk to each head
+    by nearest neighbour as a float (MONAI interpolates the target as given, and PyTorch has no nearest
+    interpolation of integer tensors; class indices survive the float round trip exactly)."""
+
+    def get_loss(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.shape[2:] != target.shape[2:]:
+            shrunk = F.interpolate(target.float(), size=input.shape[2:], mode=self.interp_mode)
+            target = shrunk.to(target.dtype)
+        return self.loss(input, target)

@@ -171,7 +171,7 @@ def plan_summary(cfg: Any) -> str | None:
         f"plan: auto ({plan['network']}, {name}, budget {plan['memory_budget_gb']:g} GB from"
         f" {plan['memory_budget_source']}): patch {c['patch_size']}, batch {c['batch_size']},"
         f" {c['num_stages']} stages {c['features_per_stage'][0]}->{c['features_per_stage'][-1]},"
-        f" spacing {c['target_spacing']}, about {c['estimated_memory_gb']:.1f} GB; command-line keys win"
+        f" spacing {c['target_spacing']}, about {c['estimated_memory_gb']:.2f} GB; command-line keys win"
     )
 
 
