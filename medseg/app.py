@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medseg.errors import ConfigError
 
@@ -133,6 +133,10 @@ def _config_tree(cfg: DictConfig, show: bool) -> None:
     tree = config_tree(redact_config(cfg))
     write_text(out / "config_tree.txt", tree)
     choices, overrides = hydra_choices_and_overrides()
+    if choices.get("plan") == "default" and OmegaConf.select(cfg, "plan.name") in ("auto", "none"):
+        choices["plan"] = str(cfg.plan.name)  # what plan=default became for this data (medseg.planning.apply)
+        if cfg.plan.name == "auto" and str(cfg.model.get("_target_", "")).endswith(".PlannedUNet"):
+            choices["model"] = "planned_unet"
     secrets = secret_values(cfg)
     overrides = [redact_text(o, secrets) for o in overrides]
     log.info("%s", run_header(str(cfg.mode), choices, overrides, out, None if show else out / "config_tree.txt"))
