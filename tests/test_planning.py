@@ -256,3 +256,15 @@ def test_benchmark_runs_nnunet_and_agrees(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert len(report) == 7 and all(all(r["agreement"].values()) for r in report)
+
+
+def test_hardware_auto_keeps_the_planned_keys(compose) -> None:
+    from medseg.hardware import resolve_auto_hardware
+
+    small = ("data.synthetic.num_cases=4", "data.synthetic.shape=[32,32,8]")
+    cfg = compose("plan=auto", "hardware=auto", *small, tiny=False)
+    planned_batch = cfg.data.batch_size
+    assert resolve_auto_hardware(cfg, overrides=["plan=auto", "hardware=auto", *small]) == "cpu"
+    assert cfg.trainer.accumulate_grad_batches == 1  # the cpu preset says 4; the plan's whole batch stays
+    assert cfg.data.batch_size == planned_batch and cfg.data.scale == 1.0
+    assert str(cfg.data._get_node("batch_size")._value()).startswith("${plan:")
