@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medseg.errors import ConfigError
 
@@ -56,6 +56,12 @@ def _report(cfg: DictConfig) -> Any:
     run_report(cfg)
 
 
+def _plan(cfg: DictConfig) -> Any:
+    from medseg.tasks.plan import run_plan
+
+    return run_plan(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
@@ -64,6 +70,7 @@ MODES: dict[str, Callable[[DictConfig], Any]] = {
     "lr_find": _lr_find,
     "preprocess": _preprocess,
     "report": _report,
+    "plan": _plan,
 }
 
 
@@ -73,6 +80,10 @@ def main(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
+    from medseg.planning.apply import PLANNING_MODES, apply_default_plan
+
+    if cfg.mode in PLANNING_MODES:
+        apply_default_plan(cfg)  # plan=default: data=msd / totalseg are planned (command-line keys win)
     from medseg.config.validate import validate_config
 
     validate_config(cfg)  # every value in its range before any work or output
@@ -122,6 +133,10 @@ def _config_tree(cfg: DictConfig, show: bool) -> None:
     tree = config_tree(redact_config(cfg))
     write_text(out / "config_tree.txt", tree)
     choices, overrides = hydra_choices_and_overrides()
+    if choices.get("plan") == "default" and OmegaConf.select(cfg, "plan.name") in ("auto", "none"):
+        choices["plan"] = str(cfg.plan.name)  # what plan=default became for this data (medseg.planning.apply)
+        if cfg.plan.name == "auto" and str(cfg.model.get("_target_", "")).endswith(".PlannedUNet"):
+            choices["model"] = "planned_unet"
     secrets = secret_values(cfg)
     overrides = [redact_text(o, secrets) for o in overrides]
     checkpoint = None
@@ -131,5 +146,11 @@ def _config_tree(cfg: DictConfig, show: bool) -> None:
         checkpoint = checkpoint_summary(cfg.ckpt)
     tree_file = None if show else out / "config_tree.txt"
     log.info("%s", run_header(str(cfg.mode), choices, overrides, out, tree_file, checkpoint=checkpoint))
+    from medseg.planning.apply import plan_summary, write_plan_json
+
+    summary = plan_summary(cfg)  # plan=auto: which plan this run trains (plan.json in the run folder)
+    if summary:
+        log.info("%s", summary)
+        write_plan_json(cfg, out / "plan.json")
     if show:
         log.info("config:\n%s", tree)

@@ -1,5 +1,5 @@
-"""Hardware presets at run time: hardware=auto picks cpu / 4gb / 8gb / 16gb+ from the device,
-hardware.find_batch_size searches the largest micro-batch that fits on the GPU, and the CPU limits
+"""Hardware presets at run time: hardware=auto picks cpu / 4gb / 8gb / 16gb+ / 24gb / 40gb / 48gb / 80gb from the
+device, hardware.find_batch_size searches the largest micro-batch that fits on the GPU, and the CPU limits
 (loader workers and PyTorch threads) are fitted to the CPUs this process may use.
 
 The presets themselves are YAML files in conf/hardware/; this module only chooses and applies one.
@@ -20,7 +20,15 @@ log = logging.getLogger(__name__)
 
 # (preset, upper bound in GiB of total CUDA memory). Cards report a little less than their label
 # (an "8 GB" card shows about 7.8 GiB), so the bounds sit between the common sizes.
-CUDA_PRESETS: tuple[tuple[str, float], ...] = (("4gb", 7.0), ("8gb", 14.0), ("16gb+", float("inf")))
+CUDA_PRESETS: tuple[tuple[str, float], ...] = (
+    ("4gb", 7.0),
+    ("8gb", 14.0),
+    ("16gb+", 22.0),
+    ("24gb", 38.0),
+    ("40gb", 46.0),
+    ("48gb", 70.0),
+    ("80gb", float("inf")),
+)
 
 
 def pick_preset(cuda_gib: float | None) -> tuple[str, str]:
@@ -108,7 +116,9 @@ def resolve_auto_hardware(
     if not path.is_file():
         raise ConfigError(f"hardware=auto chose {name} but {path} is missing; restore the preset or pick hardware=...")
     preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    user_keys = command_line_keys(overrides) | experiment_keys(experiment)
+    from medseg.planning.apply import plan_keys
+
+    user_keys = command_line_keys(overrides) | experiment_keys(experiment) | plan_keys(cfg)  # plan=auto's keys stay
     kept = []
     for key, value in _flatten(preset):
         if key in user_keys:

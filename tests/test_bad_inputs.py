@@ -865,11 +865,46 @@ STORE_ROWS = [
     for mode in ("train", "preprocess")
 ]
 
-ROWS = CONFIG_ROWS + FILE_ROWS + CKPT_ROWS + STORED_ROWS + STORAGE_ROWS + SECRET_ROWS + LAYOUT_ROWS + STORE_ROWS
+# Planning (issue 21): budgets no plan fits, and configurations the data do not have
+PLAN_ROWS = [
+    Row(
+        "plan-budget-too-small",
+        _args("mode=plan", "plan.memory_gb=0.1"),
+        r"plan\.memory_gb=0\.1: a plan needs a memory budget of at least 0\.25 GB",
+    ),
+    Row(
+        "plan-hardware-budget-too-small",
+        _args("plan=auto", "hardware.memory_gb=0.2", "trainer.max_epochs=1"),
+        r"hardware\.memory_gb=0\.2: a plan needs a memory budget of at least 0\.25 GB",
+    ),
+    Row(
+        "plan-budget-negative",
+        _args("plan=auto", "plan.memory_gb=-8"),
+        r"plan\.memory_gb=-8",
+        config_error=True,
+    ),
+    Row(
+        "plan-configuration-unknown",
+        _args("plan=auto", "plan.configuration=3d_lowres", "trainer.max_epochs=1"),
+        r"plan\.configuration='3d_lowres' is not planned for these data; choose one of 3d_fullres, 2d",
+    ),
+]
+
+ROWS = (
+    CONFIG_ROWS
+    + FILE_ROWS
+    + CKPT_ROWS
+    + STORED_ROWS
+    + STORAGE_ROWS
+    + SECRET_ROWS
+    + LAYOUT_ROWS
+    + STORE_ROWS
+    + PLAN_ROWS
+)
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 86
+    assert len(ROWS) >= 90
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

@@ -28,7 +28,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
 def test_the_groups_hold_what_the_issue_lists():
-    assert PRESETS == ["16gb+", "4gb", "8gb", "cpu"]
+    assert PRESETS == ["16gb+", "24gb", "40gb", "48gb", "4gb", "80gb", "8gb", "cpu"]
     assert {"unet", "attention_unet", "segresnet", "dynunet", "unetr", "swinunetr"} <= set(MODELS)
     assert {f"segformer_b{i}" for i in range(6)} <= set(MODELS)
 
@@ -84,7 +84,8 @@ def test_4gb_preset_builds_a_bilinear_checkpointed_unet(compose):
 
 @pytest.mark.parametrize(
     ("gib", "preset"),
-    [(None, "cpu"), (3.8, "4gb"), (5.8, "4gb"), (7.8, "8gb"), (11.7, "8gb"), (15.7, "16gb+"), (79.1, "16gb+")],
+    [(None, "cpu"), (3.8, "4gb"), (5.8, "4gb"), (7.8, "8gb"), (11.7, "8gb"), (15.7, "16gb+"), (23.6, "24gb")]
+    + [(39.4, "40gb"), (47.5, "48gb"), (79.1, "80gb"), (139.8, "80gb")],
 )
 def test_pick_preset_by_cuda_memory(gib, preset):
     name, why = pick_preset(gib)

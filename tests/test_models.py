@@ -26,6 +26,7 @@ MODELS = [
         32,
     ),
     ("swinunetr", ["model.feature_size=12", "model.depths=[1,1,1,1]", "model.num_heads=[1,1,1,1]"], (2,), 64),
+    ("planned_unet", ["model.features_per_stage=[8,16,32]"], (2, 3), 32),
 ]
 # 3D convolutions are slow on a shared CPU: 3D cases use 16^3 where the model allows it, and all but
 # the default model's 3D case run with the slow tests.

@@ -13,3 +13,6 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("run_folder", run_folder, replace=True)
+    from medseg.planning.apply import plan_value
+
+    OmegaConf.register_new_resolver("plan", plan_value, replace=True)  # plan=auto: ${plan:key,fallback}

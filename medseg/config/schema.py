@@ -308,6 +308,14 @@ class ReportConfig:
 
 
 @dataclass
+class PlanConfig:
+    name: str = "none"
+    network: str = "plain"
+    configuration: str | None = None
+    memory_gb: float | None = None
+
+
+@dataclass
 class MedsegConfig:
     mode: str = "train"
     seed: int = 42
@@ -328,6 +336,7 @@ class MedsegConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 def register_configs() -> None:

@@ -146,6 +146,7 @@ RANGES: tuple[Range, ...] = (
     _int("hardware.max_batch_size", 1),
     Range("hardware.model_width", low=0, low_open=True),
     Range("hardware.memory_gb", low=0, low_open=True, nullable=True),
+    Range("plan.memory_gb", low=0, low_open=True, nullable=True),
     # optimizer and scheduler (open groups: checked where the chosen option has the key)
     Range("optimizer.lr", low=0, low_open=True),
     Range("optimizer.weight_decay", low=0, nullable=True),
@@ -170,6 +171,7 @@ RANGES: tuple[Range, ...] = (
     _sizes("model.window_size", 64),
     _sizes("model.img_size", 4096, levels=3),
     Range("model.deep_supr_num", 0, 16, integer=True, nullable=True),
+    Range("model.features_per_stage", 1, 4096, integer=True, nullable=True, each=True, max_len=16),  # planned U-Net
     # predict / evaluate / benchmark / lr_find
     _prob("predict.threshold", nullable=False),
     Range("predict.overlap", 0, 1, high_open=True),

@@ -40,6 +40,20 @@ def intensity_transforms(intensity: Any, key: str = "image") -> list:
                 keys=key, a_min=intensity.ct_window[0], a_max=intensity.ct_window[1], b_min=0.0, b_max=1.0, clip=True
             )
         ],
+        # the plan's CT normalisation (nnU-Net): clip to the foreground percentiles (ct_window), then z-score
+        # with the foreground mean and std: one linear map with clipping, as MONAI's ScaleIntensityRange does
+        "ct_zscore": lambda: [
+            T.ScaleIntensityRanged(
+                keys=key,
+                a_min=intensity.ct_window[0],
+                a_max=intensity.ct_window[1],
+                b_min=(intensity.ct_window[0] - intensity.mean[0]) / intensity.std[0],
+                b_max=(intensity.ct_window[1] - intensity.mean[0]) / intensity.std[0],
+                clip=True,
+            )
+        ],
+        # per-case z-score inside the non-zero region (nnU-Net, when cropping to it removes over a quarter)
+        "zscore_nonzero": lambda: [T.NormalizeIntensityd(keys=key, nonzero=True, channel_wise=True)],
         "imagenet": lambda: [
             T.ScaleIntensityd(keys=key, minv=0.0, maxv=1.0),
             ImageNetNormalized(key, list(intensity.mean), list(intensity.std)),

@@ -32,7 +32,12 @@ from medseg.errors import CheckpointError, MedsegError
 
 # Modules whose public network classes (taking in_channels and out_channels) a checkpoint may name;
 # every conf/model/*.yaml target lives in one of them (tests/test_trust.py checks it).
-MEDSEG_MODEL_MODULES = ("medseg.models.unet", "medseg.models.monai_nets", "medseg.models.segformer")
+MEDSEG_MODEL_MODULES = (
+    "medseg.models.unet",
+    "medseg.models.monai_nets",
+    "medseg.models.segformer",
+    "medseg.models.planned",
+)
 # MONAI segmentation networks a config may name directly (_target_: monai.networks.nets.UNet). Networks
 # that download or read weights on construction (FlexibleUNet, EfficientNet, TorchVisionFCModel, ...) are left out.
 MONAI_NETS = "monai.networks.nets"

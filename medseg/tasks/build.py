@@ -29,7 +29,7 @@ def build_train_loss(loss_cfg: Any, model: torch.nn.Module) -> Any:
     wrapped in MONAI's DeepSupervisionLoss, which weights the deeper outputs less."""
     loss = build_loss(loss_cfg)
     if getattr(model, "deep_supervision", False):
-        from monai.losses import DeepSupervisionLoss
+        from medseg.models.planned import DeepSupervisionLoss  # MONAI's, for heads at their own resolution too
 
         log.info("deep supervision: %s wrapped in DeepSupervisionLoss", type(loss).__name__)
         return DeepSupervisionLoss(loss, weight_mode="exp")
