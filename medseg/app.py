@@ -56,6 +56,12 @@ def _report(cfg: DictConfig) -> Any:
     run_report(cfg)
 
 
+def _crossval(cfg: DictConfig) -> Any:
+    from medseg.tasks.crossval import run_crossval
+
+    return run_crossval(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
@@ -64,6 +70,7 @@ MODES: dict[str, Callable[[DictConfig], Any]] = {
     "lr_find": _lr_find,
     "preprocess": _preprocess,
     "report": _report,
+    "crossval": _crossval,
 }
 
 

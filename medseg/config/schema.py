@@ -207,6 +207,15 @@ class ReportConfig:
 
 
 @dataclass
+class CrossvalConfig:
+    oof: bool = True
+    runs: list[str] = field(default_factory=list)
+    hd95: bool = True
+    max_ensemble: int = 3
+    slab_slices: int = 8
+
+
+@dataclass
 class MedsegConfig:
     mode: str = "train"
     seed: int = 42
@@ -227,6 +236,7 @@ class MedsegConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    crossval: CrossvalConfig = field(default_factory=CrossvalConfig)
 
 
 def register_configs() -> None:
