@@ -51,7 +51,7 @@ class ProbabilityWriter:
         self.max_error = 0.0
 
     def add(self, t: int, probs: np.ndarray) -> None:
-        q = quantise(probs)
+        q = np.ascontiguousarray(quantise(probs))
         self.max_error = max(self.max_error, float(np.abs(dequantise(q) - probs).max(initial=0.0)))
         self.array[t] = q[None]
         self.written += 1
