@@ -208,21 +208,18 @@ def test_a_fold_run_ends_with_its_out_of_fold_predictions(compose, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_folds_then_crossval_then_predict(run_cli, tmp_path: Path) -> None:
+def test_folds_then_crossval_then_predict(run_cli, cache_dir: Path, tmp_path: Path) -> None:
     """-m data.fold=0,1 for two configurations, mode=crossval (killed once, then rerun), predict with its outcome;
     an ensemble of a checkpoint with itself predicts what the checkpoint predicts."""
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
     for name, channels in (("a", "[4,8]"), ("b", "[8,16]")):
-        run_cli(
-            "-m",
-            "data.fold=0,1",
-            f"model.channels={channels}",
-            *FOLD_RUN,
-            f"hydra.sweep.dir={tmp_path}/{name}",
-            check=True,
+        folds = ["-m", "data.fold=0,1", f"model.channels={channels}", *FOLD_RUN, f"hydra.sweep.dir={tmp_path}/{name}"]
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *folds], cwd=tmp_path, env=env, capture_output=True
         )
+        assert done.returncode == 0, done.stderr[-3000:]
     runs = f"crossval.runs=[{tmp_path}/a,{tmp_path}/b]"
     out = tmp_path / "cv"
-    env = {**os.environ, "WANDB_MODE": "offline"}
     cmd = [sys.executable, str(ROOT / "run.py"), "mode=crossval", runs, f"hydra.run.dir={out}", "logger=none"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
