@@ -79,7 +79,7 @@ def main(cfg: DictConfig) -> Any:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
-        raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
+        raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt (or a crossval folder)")
     from medseg.config.validate import validate_config
 
     validate_config(cfg)  # every value in its range before any work or output

@@ -56,6 +56,10 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, int(args.threads)))
     shape = tuple(args.shape)
     image = torch.rand(1, *shape)
+    if args.models == 0:  # the baseline: interpreter, PyTorch, MONAI and the image, no model
+        _models(0, args.classes)
+        print("RESULT " + json.dumps({"seconds": 0.0, "voxels": int(image.numel())}), flush=True)
+        return
     predictor = _predictor(_models(args.models, args.classes), args.classes, args.batch)
     start = time.perf_counter()
     if args.store:
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     common += ["--threads", str(args.threads)]
     size = "x".join(map(str, args.shape))
     print(f"one {size} case, {args.classes} classes, 2D U-Net, {args.batch} slices per pass, {args.threads} thread(s)")
+    _, base = _measure([*common, "--models", "0"])
+    print(f"  baseline (imports and the image, no model): peak RSS {base:7.0f} MB")
     figures = {}
     for n in (1, args.models):
         runs = [_measure([*common, "--models", str(n)]) for _ in range(args.repeats)]
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     (t1, m1), (tn, mn) = figures[1], figures[args.models]
     print(
         f"  {args.models} models / 1 model: peak RSS x{mn / m1:.2f} (target <= 1.3), "
-        f"time x{tn / t1:.2f} (linear would be x{args.models})"
+        f"time x{tn / t1:.2f} (linear would be x{args.models}); above the baseline: "
+        f"{m1 - base:.0f} MB and {mn - base:.0f} MB"
     )
     with tempfile.TemporaryDirectory() as tmp:
         result, rss = _measure([*common, "--models", "1", "--store", tmp])

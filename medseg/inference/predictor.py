@@ -161,7 +161,7 @@ class VolumePredictor:
             del logits, probs
         assert total is not None
         runs = len(flips) * len(self.models)
-        probs = total / runs if runs > 1 else total
+        probs = total.div_(runs) if runs > 1 else total
         return self._crop(probs, before, size).cpu()
 
     def _sliding_window(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
