@@ -214,10 +214,14 @@ def test_folds_then_crossval_then_predict(run_cli, cache_dir: Path, tmp_path: Pa
     env = {**os.environ, "MEDSEG_CACHE": str(cache_dir), "WANDB_MODE": "offline"}
     for name, channels in (("a", "[4,8]"), ("b", "[8,16]")):
         folds = ["-m", "data.fold=0,1", f"model.channels={channels}", *FOLD_RUN, f"hydra.sweep.dir={tmp_path}/{name}"]
+        folds += ["crossval.after_folds=true"] if name == "a" else []  # a's multirun runs crossval at its end
         done = subprocess.run(
             [sys.executable, str(ROOT / "run.py"), *folds], cwd=tmp_path, env=env, capture_output=True
         )
         assert done.returncode == 0, done.stderr[-3000:]
+    alone = json.loads((tmp_path / "a" / "crossval" / "crossval.json").read_text())
+    assert alone["chosen"]["name"] == "a" and len(alone["checkpoints"]) == 2
+    assert not (tmp_path / "b" / "crossval").exists()
     runs = f"crossval.runs=[{tmp_path}/a,{tmp_path}/b]"
     out = tmp_path / "cv"
     cmd = [sys.executable, str(ROOT / "run.py"), "mode=crossval", runs, f"hydra.run.dir={out}", "logger=none"]

@@ -208,6 +208,7 @@ class ReportConfig:
 
 @dataclass
 class CrossvalConfig:
+    after_folds: bool = False
     oof: bool = True
     runs: list[str] = field(default_factory=list)
     hd95: bool = True
