@@ -183,7 +183,9 @@ FOLD_RUN = [
 ]
 
 
-def test_a_fold_run_ends_with_its_out_of_fold_predictions(compose, tmp_path: Path) -> None:
+def test_a_fold_run_ends_with_its_out_of_fold_predictions_and_its_checkpoint_twice_predicts_as_once(
+    compose, tmp_path: Path
+) -> None:
     from medseg.crossval.probabilities import MAX_ERROR, dequantise, open_probabilities
     from medseg.tasks.train import run_train
 
@@ -205,6 +207,26 @@ def test_a_fold_run_ends_with_its_out_of_fold_predictions(compose, tmp_path: Pat
         agree = (probs.argmax(1).transpose(1, 2, 0) == pred).mean()
         assert agree > 0.99  # the mask is the argmax of the float probabilities; quantising may flip near-ties
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=4 * MAX_ERROR)
+
+    # the same checkpoint twice, as crossval.json names an ensemble: predict and evaluate equal the checkpoint's own
+    from medseg.data.examples import write_msd
+    from medseg.tasks.evaluate import run_evaluate
+    from medseg.tasks.predict import run_predict
+
+    best = tmp_path / "f1" / "checkpoints" / "best.pt"
+    held_out = write_msd(tmp_path / "held_out", num_cases=2, num_classes=4, seed=3)
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    choice = {"name": "f1 twice", "configurations": [{"name": "f1", "checkpoints": [str(best), str(best)]}]}
+    (twice / "crossval.json").write_text(json.dumps({"chosen": choice, "postprocessing": {}}))
+    for name, ckpt in (("ens", twice), ("one", best)):
+        inputs = [f"predict.input={held_out / 'imagesTr'}", f"predict.output_dir={tmp_path / name / 'masks'}"]
+        run_predict(compose(f"ckpt={ckpt}", *inputs, output_dir=tmp_path / name))
+        run_evaluate(compose(f"ckpt={ckpt}", f"evaluate.input={held_out}", output_dir=tmp_path / name))
+    for mask in sorted((tmp_path / "one" / "masks").glob("*.nii.gz")):
+        ens = np.asarray(nib.load(str(tmp_path / "ens" / "masks" / mask.name)).dataobj)
+        assert np.array_equal(ens, np.asarray(nib.load(str(mask)).dataobj)), mask.name
+    assert (tmp_path / "ens" / "metrics.csv").read_text() == (tmp_path / "one" / "metrics.csv").read_text()
 
 
 @pytest.mark.slow
