@@ -108,24 +108,28 @@ def test_postprocessing_is_not_chosen_without_islands(compose, tmp_path: Path) -
     assert result["chosen"]["mean_dice_after_postprocessing"] == result["chosen"]["mean_dice"]
 
 
-def _numpy_figures(masks: dict[str, Path], truths: dict[str, Path]) -> tuple[float, dict[str, float]]:
-    """Dice per case and class with numpy alone; means as evaluate takes them (absent in both: no score)."""
-    per_case, per_class = [], {n: [] for n in CLASSES[1:]}
+def _independent_figures(masks: dict[str, Path], truths: dict[str, Path]) -> tuple[float, float, dict[str, float]]:
+    """Mean Dice, mean IoU and Dice per class from the mask files with nibabel and MedPy's dc / jc; means as
+    evaluate takes them (a class absent from both has no score)."""
+    from medpy.metric.binary import dc, jc
+
+    per_case, per_case_iou, per_class = [], [], {n: [] for n in CLASSES[1:]}
     for case, path in masks.items():
         p = np.asarray(nib.load(str(path)).dataobj)
         t = np.asarray(nib.load(str(truths[case])).dataobj)
-        scores = []
+        scores, ious = [], []
         for c, name in enumerate(CLASSES[1:], start=1):
             a, b = p == c, t == c
             if a.sum() + b.sum():
-                d = 2 * (a & b).sum() / (a.sum() + b.sum())
-                scores.append(d)
-                per_class[name].append(d)
+                scores.append(dc(a, b))
+                ious.append(jc(a, b))
+                per_class[name].append(scores[-1])
         per_case.append(np.mean(scores))
-    return float(np.mean(per_case)), {n: float(np.mean(v)) for n, v in per_class.items()}
+        per_case_iou.append(np.mean(ious))
+    return float(np.mean(per_case)), float(np.mean(per_case_iou)), {n: float(np.mean(v)) for n, v in per_class.items()}
 
 
-def test_crossval_figures_equal_numpy_on_the_saved_masks(compose, tmp_path: Path) -> None:
+def test_crossval_figures_equal_medpy_on_the_saved_masks(compose, tmp_path: Path) -> None:
     a = islands_runs(tmp_path / "a", "unet", islands=True)
     b = islands_runs(tmp_path / "b", "dynunet", islands=False, shift=1)
     out = tmp_path / "cv"
@@ -140,12 +144,13 @@ def test_crossval_figures_equal_numpy_on_the_saved_masks(compose, tmp_path: Path
             masks = {p.name[: -len("_pred.nii.gz")]: p for p in (out / candidate["folder"]).glob("*_pred.nii.gz")}
             _check_ensemble_masks(masks, a, b)
         assert sorted(masks) == sorted(truths)
-        mean, per_class = _numpy_figures(masks, truths)
+        mean, iou, per_class = _independent_figures(masks, truths)
         assert candidate["mean_dice"] == pytest.approx(mean, abs=1e-9)
+        assert candidate["mean_iou"] == pytest.approx(iou, abs=1e-9)
         for name, value in per_class.items():
             assert candidate["per_class"][name]["dice"] == pytest.approx(value, abs=1e-9)
     final = {p.name[: -len("_pred.nii.gz")]: p for p in (out / "final").glob("*_pred.nii.gz")}
-    mean, _ = _numpy_figures(final, truths)
+    mean, _, _ = _independent_figures(final, truths)
     assert result["final"]["mean_dice"] == pytest.approx(mean, abs=1e-9)
     assert result["chosen"]["mean_dice"] == max(c["mean_dice"] for c in result["candidates"])
     chosen = next(c for c in result["candidates"] if c["name"] == result["chosen"]["name"])
