@@ -126,7 +126,7 @@ def score(candidate: Candidate, out: Path, names: list[str], threshold: float, s
         scores = class_scores(mask, truth, k, hd95, spacing)
         rows += [{"case": case_id, "class": names[c], **s} for c, s in enumerate(scores, start=1)]
         fold_of[case_id] = run.fold
-    summary = summarise(rows, names, "out-of-fold", len(fold_of), hd95_unit="mm")
+    summary = summarise(rows, names, "out-of-fold", len(fold_of), hd95_unit=hd95_unit(candidate))
     per_fold: dict[str, float | None] = {}
     for fold in sorted(set(fold_of.values())):
         values = [summary["per_case"][c]["dice"] for c, f in fold_of.items() if f == fold]
@@ -135,6 +135,12 @@ def score(candidate: Candidate, out: Path, names: list[str], threshold: float, s
     result = {"inputs": key, "name": candidate.name, "rows": rows, "summary": summary, "per_fold_dice": per_fold}
     write_json(saved, result)
     return result
+
+
+def hd95_unit(candidate: Candidate) -> str:
+    """mm where every case has a voxel spacing (NIfTI), else voxels (2D images), as evaluate says it."""
+    cases = candidate.members[0].cases()
+    return "mm" if all(run.index["cases"][c].get("spacing") for c, run in cases.items()) else "voxels"
 
 
 def inputs_key(candidate: Candidate, threshold: float, hd95: bool) -> str:

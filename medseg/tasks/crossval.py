@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from medseg.crossval.candidates import Candidate, candidates, case_masks, score
+from medseg.crossval.candidates import Candidate, candidates, case_masks, hd95_unit, score
 from medseg.crossval.oof import read_mask, write_mask
 from medseg.crossval.postprocess import Tally, apply_postprocessing
 from medseg.crossval.runs import find_configurations
@@ -97,13 +97,18 @@ def run_crossval(cfg: DictConfig) -> float | None:
                 "members": [c.name for c in t.members],
                 "folder": str(Path("candidates") / folder_name(i, t.name)),
                 "per_fold_dice": r["per_fold_dice"],
-                **{k: r["summary"][k] for k in ("mean_dice", "mean_iou", "mean_hd95", "hd95_missing", "cases")},
+                **{
+                    k: r["summary"][k]
+                    for k in ("mean_dice", "mean_iou", "mean_hd95", "hd95_unit", "hd95_missing", "cases")
+                },
                 "per_class": r["summary"]["per_class"],
             }
             for i, (t, r) in enumerate(zip(tried, results))
         ],
         "ensembles_skipped": skipped,
-        "final": {k: final["summary"][k] for k in ("mean_dice", "mean_iou", "mean_hd95", "per_class", "cases")},
+        "final": {
+            k: final["summary"][k] for k in ("mean_dice", "mean_iou", "mean_hd95", "hd95_unit", "per_class", "cases")
+        },
         "probabilities": configs[0].first.index.get("probabilities"),
     }
     from medseg.crossval.report import write_crossval_report
@@ -160,7 +165,7 @@ def final_scores(
         scores = class_scores(final, truth, len(names), hd95, spacing)
         rows += [{"case": case_id, "class": names[c], **s} for c, s in enumerate(scores, start=1)]
         count += 1
-    summary = summarise(rows, names, "out-of-fold, post-processed", count, hd95_unit="mm")
+    summary = summarise(rows, names, "out-of-fold, post-processed", count, hd95_unit=hd95_unit(best))
     write_json(out / "scores.json", {"rows": rows, "summary": summary})
     return {"rows": rows, "summary": summary}
 
