@@ -62,6 +62,12 @@ def _plan(cfg: DictConfig) -> Any:
     return run_plan(cfg)
 
 
+def _crossval(cfg: DictConfig) -> Any:
+    from medseg.tasks.crossval import run_crossval
+
+    return run_crossval(cfg)
+
+
 MODES: dict[str, Callable[[DictConfig], Any]] = {
     "train": _train,
     "evaluate": _evaluate,
@@ -71,6 +77,7 @@ MODES: dict[str, Callable[[DictConfig], Any]] = {
     "preprocess": _preprocess,
     "report": _report,
     "plan": _plan,
+    "crossval": _crossval,
 }
 
 
@@ -79,7 +86,7 @@ def main(cfg: DictConfig) -> Any:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
     if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
-        raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt")
+        raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt (or a crossval folder)")
     from medseg.planning.apply import PLANNING_MODES, apply_default_plan
 
     if cfg.mode in PLANNING_MODES:

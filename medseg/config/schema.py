@@ -316,6 +316,16 @@ class PlanConfig:
 
 
 @dataclass
+class CrossvalConfig:
+    after_folds: bool = False
+    oof: bool = True
+    runs: list[str] = field(default_factory=list)
+    hd95: bool = True
+    max_ensemble: int = 3
+    slab_slices: int = 8
+
+
+@dataclass
 class MedsegConfig:
     mode: str = "train"
     seed: int = 42
@@ -337,6 +347,7 @@ class MedsegConfig:
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    crossval: CrossvalConfig = field(default_factory=CrossvalConfig)
 
 
 def register_configs() -> None:

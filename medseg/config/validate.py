@@ -182,6 +182,8 @@ RANGES: tuple[Range, ...] = (
     Range("lr_find.max_lr", low=0, low_open=True),
     Range("lr_find.smoothing", 0, 1, high_open=True),
     Range("lr_find.diverge_factor", low=1, low_open=True),
+    Range("crossval.max_ensemble", 2, 16, integer=True),
+    _int("crossval.slab_slices", 1),
 )
 
 
@@ -207,7 +209,8 @@ def _ckpt(cfg: DictConfig) -> str | None:
     path = _select(cfg, "ckpt")
     if not path or path is _ABSENT:
         return None
-    if not Path(str(path)).expanduser().is_file():
+    found = Path(str(path)).expanduser()
+    if not (found.is_file() or (found / "crossval.json").is_file()):  # a crossval folder stands for its ensemble
         return f"checkpoint {path} not found; check the ckpt= path"
     return None
 

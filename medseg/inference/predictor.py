@@ -14,12 +14,19 @@ axis when its length differs (see `resample.py`), turned into class indices slic
 dropped. Inputs are padded to data.pad_divisible the way validation pads them (MONAI DivisiblePad:
 symmetric, zeros) and cropped back, so evaluate sees what validation sees. Optional flip test-time
 augmentation averages the probabilities over flips of each spatial axis (for 3D, of each slab).
+
+Ensembles: `model` may be a sequence of models sharing one data config (the folds of one
+configuration). Each batch of slices (each 3D slab) runs through every model in turn and their
+softmax probabilities are summed into one buffer and divided by their count, so memory grows with
+the models' weights only, never with a probability volume per model. `probability_slices` yields the
+averaged probabilities one target slice at a time, for callers that average several configurations
+(see medseg/crossval/ensemble.py) or keep them (a fold run's out-of-fold probabilities).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +52,7 @@ def context_slices(data_cfg: Any) -> int:
 class VolumePredictor:
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Sequence[nn.Module],
         data_cfg: Any,
         device: torch.device,
         precision: Precision,
@@ -55,7 +62,10 @@ class VolumePredictor:
         num_classes: int | None = None,
         slab_bytes: int = SLAB_BYTES,
     ) -> None:
-        self.model, self.device, self.precision = model.eval(), device, precision
+        self.models = [m.eval() for m in ([model] if isinstance(model, nn.Module) else model)]
+        if not self.models:
+            raise ValueError("VolumePredictor needs at least one model")
+        self.device, self.precision = device, precision
         self.dims, self.axis = int(data_cfg.dims), int(data_cfg.slice_axis)
         self.patch = list(data_cfg.patch_size) if data_cfg.patch_size else None
         self.k = int(data_cfg.pad_divisible)
@@ -69,20 +79,28 @@ class VolumePredictor:
 
         `threshold` applies to two-class models (see `to_labels`); None = argmax.
         """
+        out = None
+        for t, probs in self.probability_slices(image, shape):
+            if out is None:
+                out = torch.zeros((slice_count(image, shape, self.axis), *probs.shape[1:]), dtype=torch.int16)
+            out[t] = to_labels(probs, threshold).to(torch.int16)
+        assert out is not None
+        return from_slices(out, image.ndim == 3, self.axis)
+
+    @torch.no_grad()
+    def probability_slices(self, image: torch.Tensor, shape: tuple[int, ...]) -> Iterator[tuple[int, torch.Tensor]]:
+        """(t, probabilities (K, a, b)) for each target slice t along the slice axis, in order, on the grid
+        `shape`; the other spatial axes keep their order (a native 2D image is one slice of shape (W, H))."""
         native_2d = image.ndim == 3
         if native_2d:  # one slice along a new last axis
             image, shape, axis = image[..., None], (*shape, 1), 2
         else:
             axis = self.axis
         target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
-        out = torch.zeros(target, dtype=torch.int16)
         along = AlongAxis(image.shape[axis + 1], target[0])
         for chunk in self._chunks(image, axis):  # (K, n, a, b) in the model's space
-            for t, probs in along.feed(resize_in_plane(chunk, target[1:])):
-                out[t] = to_labels(probs, threshold).to(torch.int16)
+            yield from along.feed(resize_in_plane(chunk, target[1:]))
         assert along.done(), "every target slice is written"
-        out = out.movedim(0, axis).contiguous()
-        return out[..., 0] if native_2d else out
 
     def _chunks(self, image: torch.Tensor, axis: int) -> Iterator[torch.Tensor]:
         """Probabilities (K, n, a, b) for consecutive slices along `axis`, cropped of padding."""
@@ -93,13 +111,14 @@ class VolumePredictor:
         count = vol.shape[1]
         for i in range(0, count, self.batch_size):
             x = slab_inputs(vol, range(i, min(count, i + self.batch_size)), self.context)
-            yield self._probabilities(x, self.model).movedim(0, 1)
+            yield self._probabilities(x, lambda inp, model: model(inp)).movedim(0, 1)
 
     def _slabs_3d(self, image: torch.Tensor, axis: int) -> Iterator[torch.Tensor]:
         size = image.shape[1:]
         padded, before = divisible_pad(image[None].to(self.device).float(), self.k)
         if not self.patch:
-            yield self._crop(self._probabilities(padded, self.model, pad=False), before, size)[0].movedim(axis + 1, 1)
+            probs = self._probabilities(padded, lambda inp, model: model(inp), pad=False)
+            yield self._crop(probs, before, size)[0].movedim(axis + 1, 1)
             return
         length, roi = padded.shape[axis + 2], int(self.patch[axis])
         rest = padded[0, 0].numel() // length
@@ -117,9 +136,10 @@ class VolumePredictor:
             yield self._crop(probs, offsets, sizes)[0].movedim(axis + 1, 1)
 
     def _probabilities(
-        self, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor], pad: bool = True
+        self, x: torch.Tensor, forward: Callable[[torch.Tensor, nn.Module], torch.Tensor], pad: bool = True
     ) -> torch.Tensor:
-        """Softmax of forward(x) (B, C, *spatial), averaged over flips with TTA, on the CPU.
+        """Softmax of forward(x, model) (B, C, *spatial), averaged over the models and, with TTA, over flips,
+        on the CPU. One running sum holds the probabilities; each model's output is dropped once added.
 
         With `pad`, x is padded to data.pad_divisible and the result cropped back; 3D slabs are cut
         from an already padded volume and keep the window positions of a whole-volume pass."""
@@ -131,30 +151,41 @@ class VolumePredictor:
             axes = list(range(2, padded.ndim))
             flips += [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
         total = None
-        for dims in flips:
+        for model, dims in itertools.product(self.models, flips):
             inp = padded.flip(dims) if dims else padded
             with self.precision.autocast(self.device):
-                logits = forward(inp)
+                logits = forward(inp, model)
             probs = torch.softmax(logits.float(), dim=1)
             probs = probs.flip(dims) if dims else probs
-            total = probs if total is None else total + probs
+            total = probs if total is None else total.add_(probs)
             del logits, probs
         assert total is not None
-        probs = total / len(flips) if len(flips) > 1 else total
+        runs = len(flips) * len(self.models)
+        probs = total.div_(runs) if runs > 1 else total
         return self._crop(probs, before, size).cpu()
 
-    def _sliding_window(self, x: torch.Tensor) -> torch.Tensor:
+    def _sliding_window(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
         assert self.patch is not None
-        return sliding_window_inference(
-            x, self.patch, self.batch_size, self.model, overlap=self.overlap, mode="gaussian"
-        )
+        return sliding_window_inference(x, self.patch, self.batch_size, model, overlap=self.overlap, mode="gaussian")
 
     @staticmethod
     def _crop(probs: torch.Tensor, before: list[int], size: Any) -> torch.Tensor:
         index = tuple(slice(b, b + s) for b, s in zip(before, size))
         return probs[(slice(None), slice(None), *index)]
+
+
+def slice_count(image: torch.Tensor, shape: tuple[int, ...], axis: int) -> int:
+    """Target slices along the slice axis (1 for a native 2D image)."""
+    return 1 if image.ndim == 3 else int(shape[axis])
+
+
+def from_slices(stack: torch.Tensor, native_2d: bool, axis: int) -> torch.Tensor:
+    """A (S, a, b) stack of target slices back to the grid's own axis order ((W, H) for a native 2D image)."""
+    if native_2d:
+        return stack[0]
+    return stack.movedim(0, axis).contiguous()
 
 
 def slab_inputs(vol: torch.Tensor, slices: range, context: int) -> torch.Tensor:

@@ -46,6 +46,13 @@ __all__ = ["class_scores", "run_evaluate", "summarise"]
 
 
 def run_evaluate(cfg: DictConfig) -> float | None:
+    from medseg.crossval.apply import crossval_file
+
+    source = crossval_file(cfg.ckpt)
+    if source is not None:  # ckpt= names the outcome of mode=crossval: its ensemble and post-processing
+        from medseg.crossval.apply import run_evaluate_crossval
+
+        return run_evaluate_crossval(cfg, source)
     device = select_device(cfg.hardware.device)
     restored = restore_model(cfg.ckpt, device)
     tcfg = restored.cfg

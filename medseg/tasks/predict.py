@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 
 def run_predict(cfg: DictConfig) -> None:
+    from medseg.crossval.apply import crossval_file
+
+    source = crossval_file(cfg.ckpt)
+    if source is not None:  # ckpt= names the outcome of mode=crossval: its ensemble and post-processing
+        from medseg.crossval.apply import run_predict_crossval
+
+        return run_predict_crossval(cfg, source)
     pcfg = cfg.predict
     files = collect_inputs(pcfg.input)
     device = select_device(cfg.hardware.device)

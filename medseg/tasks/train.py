@@ -185,6 +185,10 @@ def _train(cfg: DictConfig, ddp: DistContext | None) -> float | None:
         from medseg.report.hooks import report_after_training
 
         report_after_training(cfg, out, trainer, model, data, facts)
+    if main_process and cfg.data.fold is not None and cfg.crossval.oof:  # what mode=crossval needs
+        from medseg.crossval.oof import write_oof
+
+        write_oof(cfg, out, device)
     log.info("best %s = %s at epoch %s; run folder %s", tcfg.monitor, _fmt(best), trainer.best_epoch, out)
     if main_process:
         from medseg.tasks.next_commands import log_next_commands
