@@ -54,11 +54,13 @@ def checkpoint_summary(path: str | Path) -> list[tuple[str, str]]:
     Read as data (weights_only, tensors memory-mapped, the stored config through medseg.config.stored);
     a file that cannot be read gives only the checkpoint line: the task itself then says what is wrong.
     """
+    lines = [("checkpoint", display_path(path))]
+    if Path(str(path)).expanduser().is_dir():  # a crossval or export folder: its own task describes it
+        return lines
     import torch
 
     from medseg.config.stored import read_stored_config
 
-    lines = [("checkpoint", display_path(path))]
     try:
         payload = torch.load(Path(str(path)).expanduser(), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - the task reports an unreadable checkpoint in its own words
