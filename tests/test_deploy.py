@@ -189,3 +189,115 @@ except SystemExit as exc:
     a = np.asarray(nib.load(str(tmp_path / "a" / scan.name)).dataobj)
     b = np.asarray(nib.load(str(tmp_path / "b" / scan.name)).dataobj)
     assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- DICOM in, DICOM SEG out
+SPACING, ORIGIN = (0.7, 0.8, 2.0), (-12.0, 40.0, 75.0)
+IOP = (1, 0, 0, 0, -1, 0)  # rows run anterior: the slice normal points to the feet (-z)
+
+
+@pytest.fixture(scope="module")
+def dicom_case(scan, tmp_path_factory) -> tuple[Path, Path]:
+    """The scan (rounded to integers) as a DICOM series in shuffled files, and as NIfTI with the affine the
+    series has (tests/dicom_series.expected_affine, computed independently of the reader)."""
+    from tests.dicom_series import expected_affine, write_series
+
+    volume = np.round(np.asarray(nib.load(str(scan)).dataobj)).astype(np.float32)
+    root = tmp_path_factory.mktemp("dicom_case")
+    write_series(root / "series", volume, SPACING, IOP, ORIGIN, slope=0.5, intercept=-100.0)
+    nifti = root / "series.nii.gz"
+    nib.save(nib.Nifti1Image(volume, expected_affine(SPACING, IOP, ORIGIN)), nifti)
+    return root / "series", nifti
+
+
+def test_a_dicom_series_is_read_as_the_same_volume_and_affine(dicom_case):
+    from medseg.dicom.series import find_series, read_volume
+
+    folder, nifti = dicom_case
+    (series,) = find_series(folder)
+    volume = read_volume(series, ["CT"])
+    ref = nib.load(str(nifti))
+    assert np.array_equal(volume.array, np.asarray(ref.dataobj))  # slope/intercept applied, slices in order
+    assert np.allclose(volume.affine, ref.affine)  # spacing from the positions, not SliceThickness=99
+
+
+def test_dicom_in_gives_the_masks_of_the_same_volume_as_nifti(exported, dicom_case, cache_dir, tmp_path):
+    """Both paths: onnxruntime on the export, PyTorch on the checkpoint; a zip of the series too."""
+    folder, nifti = dicom_case
+    ckpt, export = exported["2.5d"]
+    expect = _onnx_predict(export, nifti, tmp_path)
+    assert len(np.unique(expect)) > 1
+    got = _onnx_predict_to(export, folder, tmp_path / "dcm", "series.nii.gz")
+    assert np.array_equal(got, expect)
+    archive = Path(shutil.make_archive(str(tmp_path / "series"), "zip", folder))
+    assert np.array_equal(_onnx_predict_to(export, archive, tmp_path / "zip", "series.nii.gz"), expect)
+    from medseg.tasks.predict import run_predict
+
+    cfg = _compose(cache_dir, tmp_path, "mode=predict", f"ckpt={ckpt}", f"predict.input={folder}")
+    cfg.predict.output_dir = str(tmp_path / "torch_dcm")
+    run_predict(cfg)
+    torch_mask = nib.load(str(tmp_path / "torch_dcm" / "series.nii.gz"))
+    assert np.array_equal(np.asarray(torch_mask.dataobj), expect)
+    assert np.allclose(torch_mask.affine, nib.load(str(nifti)).affine)
+
+
+def _onnx_predict_to(export: Path, source: Path, out: Path, name: str, fmt: str = "nifti") -> np.ndarray:
+    from medseg.deploy.runner import open_export, predict_cases
+    from medseg.dicom.cases import collect_cases
+
+    predict_cases(open_export(export), collect_cases(str(source)), out, fmt)
+    return np.asarray(nib.load(str(out / name)).dataobj)
+
+
+def _seg_by_position(seg_path: Path, source: Path) -> np.ndarray:
+    """Re-read a SEG with highdicom and place each frame by its ImagePositionPatient on the grid of the
+    source series (columns, rows, slices sorted along the normal), independent of medseg's reader."""
+    import highdicom as hd
+    import pydicom
+
+    sources = [pydicom.dcmread(p) for p in sorted(source.iterdir())]
+    normal = np.cross(np.asarray(IOP[:3], float), np.asarray(IOP[3:], float))
+    depths = sorted(float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)) for ds in sources)
+    seg = hd.seg.segread(str(seg_path))
+    names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    assert names == {1: "disc", 2: "square", 3: "ring"}
+    series = seg.ReferencedSeriesSequence
+    referenced = {r.ReferencedSOPInstanceUID for s in series for r in s.ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in sources}
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    out = np.zeros((sources[0].Columns, sources[0].Rows, len(sources)), dtype=np.int16)
+    pixels = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
+    for f, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        depth = float(np.dot(np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, float), normal))
+        k = int(np.argmin([abs(d - depth) for d in depths]))
+        assert abs(depths[k] - depth) < 1e-3
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        out[:, :, k][pixels[f].T > 0] = number
+    return out
+
+
+def test_dicom_seg_frames_placed_by_position_equal_the_nifti_mask(exported, dicom_case, tmp_path):
+    folder, _ = dicom_case
+    export = exported["2d"][1]
+    mask = _onnx_predict_to(export, folder, tmp_path, "series.nii.gz", fmt="both")
+    assert not np.array_equal(mask, mask[:, :, ::-1]), "a front-to-back mirror must be visible"
+    assert sorted(np.unique(mask)) != [0]
+    assert np.array_equal(_seg_by_position(tmp_path / "series.seg.dcm", folder), mask)
+
+
+def test_a_folder_of_several_series_predicts_each(exported, dicom_case, tmp_path):
+    from tests.dicom_series import write_series
+
+    folder, nifti = dicom_case
+    volume = np.asarray(nib.load(str(nifti)).dataobj)
+    root = tmp_path / "study"
+    shutil.copytree(folder, root / "a")
+    write_series(root / "b", volume[:, :, :6], SPACING, IOP, ORIGIN, series_number=7, seed=1)
+    from medseg.deploy.runner import open_export, predict_cases
+    from medseg.dicom.cases import collect_cases
+
+    cases = collect_cases(str(root))
+    assert [c.name.split("_series")[1][:1] for c in cases] == ["1", "7"]
+    written = predict_cases(open_export(exported["2d"][1]), cases, tmp_path / "out", "nifti")
+    shapes = sorted(nib.load(str(p)).shape for p in written)
+    assert shapes == [(30, 27, 6), (30, 27, 11)]
