@@ -99,6 +99,8 @@ def _problem(m: Any) -> str | None:
     inputs = m.get("input")
     if not (isinstance(inputs, dict) and isinstance(inputs.get("channels"), int) and inputs["channels"] >= 1):
         return "input.channels must be an integer >= 1"
+    if m.get("output", "logits") not in ("logits", "probabilities"):
+        return "output must be logits or probabilities"
     mods = m.get("modalities")
     if not (isinstance(mods, list) and all(isinstance(v, str) for v in mods)):
         return "modalities must be a list of DICOM modality codes"

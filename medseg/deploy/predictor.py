@@ -11,9 +11,10 @@ voxel (tests/test_deploy.py compares them):
   are blended with MONAI's own importance map, stored by mode=export as window_weights.npy, in MONAI's
   window order, and divided by the summed weights; a 3D model without a patch size sees the padded volume
   in one pass;
-- softmax, optional flip TTA (every combination of spatial axes), in-plane bilinear resizing and the
-  streaming linear blend along the slice axis (medseg/deploy/resample.py), then argmax (or the two-class
-  threshold). An ensemble (several model files) averages the softmax probabilities of its members.
+- softmax (inside the graph for 2D models, whose manifest says output "probabilities"), optional flip
+  TTA (every combination of spatial axes), in-plane bilinear resizing and the streaming linear blend
+  along the slice axis (medseg/deploy/resample.py), then argmax (or the two-class threshold). An
+  ensemble (several model files) averages the softmax probabilities of its members.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class OnnxPredictor:
         self.k = int(manifest["pad_divisible"])
         self.context = int(manifest.get("context_slices", 0))
         self.num_classes = int(manifest["classes"]["count"])
+        self.logits = manifest.get("output", "logits") == "logits"  # else the graph ends with its softmax
         self.weights = window_weights
         self.tta, self.overlap, self.batch_size, self.slab_bytes = tta, overlap, max(1, batch_size), slab_bytes
 
@@ -117,7 +119,8 @@ class OnnxPredictor:
         for member in range(len(self.sessions)):
             for dims in flips:
                 inp = np.ascontiguousarray(np.flip(padded, dims)) if dims else padded
-                probs = softmax(forward(inp, member))
+                out = forward(inp, member)
+                probs = softmax(out) if self.logits else out
                 probs = np.flip(probs, dims) if dims else probs
                 total = probs if total is None else total + probs
         assert total is not None
@@ -185,9 +188,12 @@ def crop(probs: np.ndarray, before: Sequence[int], size: Sequence[int]) -> np.nd
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float32, copy=False)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    """Softmax over axis 1, in place on a float32 copy (no temporaries of the full size but the result)."""
+    x = np.array(logits, dtype=np.float32, copy=True)
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x
 
 
 def to_labels(probs: np.ndarray, threshold: float | None) -> np.ndarray:

@@ -13,28 +13,39 @@ from collections.abc import Iterator
 import numpy as np
 
 
-def source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PyTorch's linear source positions for each output index: (i0, i1, weight of i1)."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+def source_index(out_size: int, in_size: int, single: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's linear source positions for each output index: (i0, i1, weight of i1).
+
+    `single`: in float32, as torch.nn.functional.interpolate computes them for float32 tensors; else in
+    float64, as medseg/inference/resample.py's blend along the slice axis computes them in Python."""
+    dtype = np.float32 if single else np.float64
+    scale = dtype(in_size) / dtype(out_size)
+    src = np.maximum((np.arange(out_size, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5), dtype(0.0))
     i0 = np.minimum(src.astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, (src - i0).astype(np.float32)
+    return i0, i1, np.clip(src - i0, 0, 1).astype(np.float32)
 
 
 def linear_resize(array: np.ndarray, size: dict[int, int]) -> np.ndarray:
-    """Resize `array` along the given axes ({axis: new length}) by linear interpolation."""
-    out = array
-    for axis, new in size.items():
+    """Resize `array` along the given axes ({axis: new length}) by linear interpolation, one axis at a
+    time: each value is (1 - w) * a + w * b with PyTorch's float32 weights, so results agree with
+    F.interpolate to float rounding (1 ulp)."""
+    out = array.astype(np.float32, copy=False)
+    for axis, new in sorted(size.items(), key=lambda item: item[1] / max(1, out.shape[item[0]])):
         old = out.shape[axis]
         if old == new:
             continue
-        i0, i1, w = source_index(new, old)
+        i0, i1, w = source_index(new, old, single=True)
         shape = [1] * out.ndim
         shape[axis] = new
         w = w.reshape(shape)
-        out = np.take(out, i0, axis=axis) * (1 - w) + np.take(out, i1, axis=axis) * w
-    return out.astype(np.float32, copy=False)
+        lo = np.take(out, i0, axis=axis)
+        lo *= 1 - w
+        hi = np.take(out, i1, axis=axis)
+        hi *= w
+        lo += hi
+        out = lo
+    return np.ascontiguousarray(out)
 
 
 class AlongAxis:

@@ -1,10 +1,10 @@
 """mode=export: a checkpoint -> one folder with model.onnx and manifest.json (see docs/deploy.md).
 
 The folder is what `mode=predict ckpt=<folder>` and `python -m medseg.deploy` run with onnxruntime:
-- model.onnx: the network in eval mode, exported with torch.onnx (TorchScript exporter, opset
-  export.opset), checked with onnx.checker, batch and spatial axes dynamic (3D patch models take
-  windows of the fixed patch size); onnxruntime's output is compared with PyTorch's before the folder
-  is written, on the export size and, for dynamic axes, on a second size;
+- model.onnx: the network in eval mode (2D: followed by its softmax), exported with torch.onnx
+  (TorchScript exporter, opset export.opset), checked with onnx.checker, batch and spatial axes
+  dynamic (3D patch models take windows of the fixed patch size); onnxruntime's output is compared
+  with PyTorch's before the folder is written, on the export size and, for dynamic axes, on a second size;
 - window_weights.npy: MONAI's Gaussian importance map for 3D sliding windows (data, not code);
 - manifest.json: classes and names, 2D/2.5D/3D, context slices, padding, patch and sliding-window
   settings, scale or size, the intensity preset and its values, TTA, threshold and post-processing,
@@ -55,14 +55,17 @@ def run_export(cfg: DictConfig) -> Path:
     patch = [int(p) for p in data.patch_size] if data.patch_size else None
     example, other = _example_shapes(dims, patch, k, restored.in_channels)
     dynamic = dims == 2 or not patch
+    # 2D/2.5D slices: softmax inside the graph (onnxruntime's threads); 3D windows blend logits first
+    output = "probabilities" if dims == 2 else "logits"
+    network = torch.nn.Sequential(restored.model, torch.nn.Softmax(dim=1)) if dims == 2 else restored.model
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        _export_onnx(restored.model, example, onnx_path, opset, dims, dynamic)
-        if dynamic and not _agrees(restored.model, onnx_path, other):
+        _export_onnx(network, example, onnx_path, opset, dims, dynamic)
+        if dynamic and not _agrees(network, onnx_path, other):
             log.info("the network does not run on other sizes with dynamic axes; exporting fixed sizes")
             dynamic = False
-            _export_onnx(restored.model, example, onnx_path, opset, dims, dynamic)
-        if not _agrees(restored.model, onnx_path, example):
+            _export_onnx(network, example, onnx_path, opset, dims, dynamic)
+        if not _agrees(network, onnx_path, example):
             raise MedsegError(f"ckpt={cfg.ckpt}: onnxruntime's output differs from PyTorch's by more than {TOLERANCE}")
         shutil.move(str(onnx_path), out / "model.onnx")
     files = []
@@ -75,6 +78,7 @@ def run_export(cfg: DictConfig) -> Path:
             {"file": "window_weights.npy", "role": "window_weights", "sha256": sha256(out / "window_weights.npy")}
         )
     manifest = build_manifest(cfg, restored, opset, dynamic, files, sha256(out / "model.onnx"))
+    manifest["output"] = output
     write_manifest(out, manifest)
     log.info("exported %s to %s (opset %d, dynamic spatial axes: %s)", cfg.ckpt, out, opset, dynamic)
     return out
@@ -103,8 +107,8 @@ def _export_onnx(model: torch.nn.Module, shape: tuple, path: Path, opset: int, d
             dynamo=False,
             opset_version=opset,
             input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": axes, "logits": axes},
+            output_names=["output"],
+            dynamic_axes={"image": axes, "output": axes},
         )
     import onnx
 
