@@ -41,7 +41,12 @@ class Export:
 
 
 def open_export(folder: str | Path, threads: int | None = None) -> Export:
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise CheckpointError(
+            'predicting with an export folder needs onnxruntime; pip install "medseg[deploy]"'
+        ) from exc
 
     path = Path(str(folder)).expanduser()
     if not (path / "manifest.json").is_file():

@@ -68,7 +68,10 @@ def holds_dicom(path: Path) -> bool:
 
 def find_series(path: Path) -> list[Series]:
     """Every image series in a folder (any depth) or a zip; files that are not DICOM are skipped."""
-    import pydicom
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise DataError(f'{path} is DICOM, which needs pydicom; pip install "medseg[deploy]"') from exc
 
     groups: dict[str, Series] = {}
 

@@ -39,6 +39,11 @@ TOLERANCE = 1e-3  # max |onnxruntime - PyTorch| logit difference accepted at exp
 
 
 def run_export(cfg: DictConfig) -> Path:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f'mode=export needs onnx and onnxruntime ({exc}); pip install -e ".[deploy]"') from exc
     restored = restore_model(cfg.ckpt, torch.device("cpu"))
     data = restored.cfg.data
     if OmegaConf.select(data, "spacing", default=None):
