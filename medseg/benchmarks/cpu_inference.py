@@ -108,12 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[224, 224, 160])
     parser.add_argument("--structures", type=int, default=117)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="runs per variant (default 3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="96x96x32, one run each: checks the command works")
     parser.add_argument("--no-int8", action="store_true", help="leave out the quantised variant")
     args = parser.parse_args(argv)
     if args.quick:
-        args.shape, args.repeats = [96, 96, 32], 1
+        args.shape = [96, 96, 32]
+    args.repeats = args.repeats or (1 if args.quick else 3)
     import nibabel as nib
 
     from medseg.data.examples import write_totalseg

