@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -76,6 +77,7 @@ def _quantise(export: Path, dest: Path, ct: Path) -> Path:
         shutil.rmtree(dest)
     shutil.copytree(export, dest)
     pre = dest / "pre.onnx"
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns once per normalisation weight
     quant_pre_process(str(export / "model.onnx"), str(pre), skip_symbolic_shape=True)
     quantize_static(
         str(pre),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ POSITION_TOL = 0.01  # mm: slice positions agree to this (and 1% of the spacing)
 class Series:
     uid: str
     source: str  # the folder or zip it came from (for messages)
-    datasets: list[Any] = field(default_factory=list)
+    datasets: list[Any] = field(default_factory=list)  # headers only (read without pixel data)
     name: str = ""
+    openers: list[Callable[[], Any]] = field(default_factory=list)  # datasets[i]'s file, for its pixels
 
 
 @dataclass
@@ -75,17 +77,19 @@ def find_series(path: Path) -> list[Series]:
 
     groups: dict[str, Series] = {}
 
-    def add(data: Any, label: str) -> None:
+    def add(opener: Callable[[], Any], label: str) -> None:
         try:
-            ds = pydicom.dcmread(data)
+            ds = pydicom.dcmread(opener(), stop_before_pixels=True)  # pixels are read slice by slice later
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"{label} is not a readable DICOM file ({type(exc).__name__}); remove it") from exc
-        if "PixelData" not in ds or str(getattr(ds, "Modality", "")) == "SEG":
+        if "Rows" not in ds or str(getattr(ds, "Modality", "")) == "SEG":
             return
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         if not uid:
             raise DataError(f"{label} has no SeriesInstanceUID; is it an image of a series?")
-        groups.setdefault(uid, Series(uid, str(path))).datasets.append(ds)
+        series = groups.setdefault(uid, Series(uid, str(path)))
+        series.datasets.append(ds)
+        series.openers.append(opener)
 
     if path.is_file():
         try:
@@ -96,13 +100,14 @@ def find_series(path: Path) -> list[Series]:
             for info in zf.infolist():
                 if info.is_dir():
                     continue
-                data = zf.read(info)
-                if is_dicom_bytes(data[:132]):
-                    add(io.BytesIO(data), f"{path}:{info.filename}")
+                with zf.open(info) as member:
+                    head = member.read(132)
+                if is_dicom_bytes(head):
+                    add(_member(path, info.filename), f"{path}:{info.filename}")
     else:
         for p in sorted(path.rglob("*")):
             if p.is_file() and _is_dicom_file(p):
-                add(str(p), str(p))
+                add(lambda p=p: str(p), str(p))
     if not groups:
         raise DataError(f"{path} holds no DICOM image series")
     series = sorted(groups.values(), key=lambda s: (_series_number(s), s.uid))
@@ -110,6 +115,14 @@ def find_series(path: Path) -> list[Series]:
     for s in series:
         s.name = base if len(series) == 1 else f"{base}_series{_series_number(s)}_{s.uid.replace('.', '')[-8:]}"
     return series
+
+
+def _member(archive: Path, name: str) -> Callable[[], Any]:
+    def read() -> Any:
+        with zipfile.ZipFile(archive) as zf:
+            return io.BytesIO(zf.read(name))
+
+    return read
 
 
 def _series_number(s: Series) -> int:
@@ -166,6 +179,7 @@ def read_volume(series: Series, modalities: list[str] | None = None) -> Volume:
     depth = positions @ normal
     order = np.argsort(depth, kind="stable")
     datasets = [series.datasets[i] for i in order]
+    openers = [series.openers[i] for i in order]
     positions, depth = positions[order], depth[order]
     n = len(datasets)
     step = np.zeros(3)
@@ -197,8 +211,10 @@ def read_volume(series: Series, modalities: list[str] | None = None) -> Volume:
     else:
         step = normal * float(getattr(first, "SliceThickness", 1.0) or 1.0)
     slices = []
-    for ds in datasets:
-        pixels = ds.pixel_array.astype(np.float32)
+    import pydicom
+
+    for ds, opener in zip(datasets, openers):
+        pixels = pydicom.dcmread(opener()).pixel_array.astype(np.float32)
         if pixels.ndim != 2:
             raise DataError(f"{where}: slices with colour or several frames are not read")
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
