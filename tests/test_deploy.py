@@ -153,6 +153,23 @@ def test_a_tampered_model_file_is_refused_by_its_checksum(exported, tmp_path):
         open_export(folder)
 
 
+def test_the_deploy_entry_point_refuses_in_one_line(exported, scan, tmp_path, capsys):
+    """python -m medseg.deploy: a tampered export and a SEG asked for NIfTI input end with exit code 2 and
+    one line; nothing is written."""
+    from medseg.deploy.__main__ import main
+
+    folder = Path(shutil.copytree(exported["2d"][1], tmp_path / "export"))
+    assert main([str(folder), str(scan), str(tmp_path / "out"), "--format", "dicom_seg"]) == 2
+    assert "needs DICOM input, but" in capsys.readouterr().err
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["models"][0]["file"] = "../model.onnx"  # a manifest may not point outside its folder
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert main([str(folder), str(scan), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "models/files must list plain file names" in err[0], err
+    assert not list((tmp_path / "out").glob("*"))
+
+
 LEAKS = "import json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')"
 LEAKS += " or m.startswith(('medseg.engine', 'medseg.models', 'medseg.data', 'medseg.tasks')))))"
 
