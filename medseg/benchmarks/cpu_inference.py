@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +57,7 @@ def _run_py(work: Path, name: str, *args: str) -> list[str]:
 def _quantise(export: Path, dest: Path, ct: Path) -> Path:
     """A copy of the export with model.onnx statically quantised to int8 (QDQ), checksums renewed."""
     import nibabel as nib
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationDataReader
 
     from medseg.deploy.manifest import load_manifest, sha256
     from medseg.deploy.preprocess import prepare
@@ -78,20 +78,34 @@ def _quantise(export: Path, dest: Path, ct: Path) -> Path:
     shutil.copytree(export, dest)
     pre = dest / "pre.onnx"
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns once per normalisation weight
+    here = Path.cwd()
+    os.chdir(dest)  # the quantiser leaves temporary files in the working folder
+    try:
+        _quantise_files(export, pre, dest, Slices())
+    finally:
+        os.chdir(here)
+    pre.unlink()
+    for stray in [*dest.glob("*.data"), *dest.glob("sym_shape_infer_temp*")]:
+        stray.unlink()
+    manifest["models"][0]["sha256"] = sha256(dest / "model.onnx")
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return dest
+
+
+def _quantise_files(export: Path, pre: Path, dest: Path, reader: Any) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     quant_pre_process(str(export / "model.onnx"), str(pre), skip_symbolic_shape=True)
     quantize_static(
         str(pre),
         str(dest / "model.onnx"),
-        Slices(),
+        reader,
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    pre.unlink()
-    manifest["models"][0]["sha256"] = sha256(dest / "model.onnx")
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return dest
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from medseg.data.examples import write_totalseg
 
-    work: Path = args.work
+    work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
     small = work / f"small_{args.structures}"
