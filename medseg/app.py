@@ -26,10 +26,26 @@ def _evaluate(cfg: DictConfig) -> Any:
     return run_evaluate(cfg)
 
 
+def _runs_onnx(cfg: DictConfig) -> bool:
+    from medseg.deploy.manifest import is_export
+
+    return cfg.mode == "predict" and is_export(cfg.ckpt)
+
+
 def _predict(cfg: DictConfig) -> Any:
+    if _runs_onnx(cfg):
+        from medseg.deploy.task import run_predict_export
+
+        return run_predict_export(cfg)
     from medseg.tasks.predict import run_predict
 
     return run_predict(cfg)
+
+
+def _export(cfg: DictConfig) -> Any:
+    from medseg.tasks.export import run_export
+
+    run_export(cfg)
 
 
 def _benchmark(cfg: DictConfig) -> Any:
@@ -78,6 +94,7 @@ MODES: dict[str, Callable[[DictConfig], Any]] = {
     "report": _report,
     "plan": _plan,
     "crossval": _crossval,
+    "export": _export,
 }
 
 
@@ -85,7 +102,7 @@ def main(cfg: DictConfig) -> Any:
     """Run one job; returns the monitored metric for train (what a sweeper optimises)."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
-    if cfg.mode in ("evaluate", "predict") and not cfg.ckpt:
+    if cfg.mode in ("evaluate", "predict", "export") and not cfg.ckpt:
         raise ConfigError(f"mode={cfg.mode} needs ckpt=path/to/checkpoints/best.pt (or a crossval folder)")
     from medseg.planning.apply import PLANNING_MODES, apply_default_plan
 
@@ -96,9 +113,10 @@ def main(cfg: DictConfig) -> Any:
     validate_config(cfg)  # every value in its range before any work or output
     _keep_secrets_out(cfg)
     _config_tree(cfg, show=bool(cfg.print_config))
-    from medseg.hardware import apply_cpu_limits
+    if not _runs_onnx(cfg):  # predict with an export folder loads no torch (onnxruntime picks its threads)
+        from medseg.hardware import apply_cpu_limits
 
-    apply_cpu_limits(cfg)  # loader workers and PyTorch threads fitted to the usable CPUs, before any exist
+        apply_cpu_limits(cfg)  # loader workers and PyTorch threads fitted to the usable CPUs, before any exist
     return MODES[cfg.mode](cfg)
 
 

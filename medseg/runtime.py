@@ -6,12 +6,14 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from medseg.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where used: predict with an ONNX export must not load it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ def conf_dir() -> Path:
 
 
 def select_device(requested: str) -> torch.device:
+    import torch
+
     requested = str(requested)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,6 +62,8 @@ def select_device(requested: str) -> torch.device:
 
 
 def apply_backend_flags(hw: Any, deterministic: bool) -> None:
+    import torch
+
     torch.backends.cudnn.benchmark = bool(hw.cudnn_benchmark) and not deterministic
     if hw.matmul_precision not in ("highest", "high", "medium"):
         raise ConfigError(f"hardware.matmul_precision={hw.matmul_precision!r}: choose highest, high or medium")
@@ -72,6 +78,8 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed Python, NumPy and torch; each DDP rank gets its own stream derived from (seed, rank)."""
     if rank:
         seed = int(np.random.SeedSequence([seed % (2**32), rank]).generate_state(1)[0])
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

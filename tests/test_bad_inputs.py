@@ -828,6 +828,27 @@ SECRET_ROWS = [
     for name, password in URL_PASSWORDS.items()
 ]
 
+
+# ------------------------------------------------------------------ the rows: DICOM input, export folders
+def _dicom(change: dict[str, Any], *extra: str) -> Callable[[Ctx], list[str]]:
+    """predict.input = a DICOM series (tests/dicom_series.py) written with `change`."""
+
+    def setup(ctx: Ctx) -> list[str]:
+        from tests.dicom_series import write_series
+
+        volume = np.round(np.random.default_rng(0).random((32, 32, 6)) * 100).astype(np.float32)
+        folder = ctx.tmp / "dicom"
+        if change.get("mixed"):
+            uid = "1.2.826.0.1.3680043.8.498.77"
+            write_series(folder / "a", volume, series_uid=uid)
+            write_series(folder / "b", volume[:16], series_uid=uid, depths=[100.0 + k for k in range(6)])
+        else:
+            write_series(folder, volume, **change)
+        return [*_predict(ctx.best, ctx)[:-2], f"predict.input={folder}", "logger=none", *extra]
+
+    return setup
+
+
 # ------------------------------------------------------------------ the rows: each data layout owns its keys
 LAYOUT_ROWS = [
     Row(
@@ -959,6 +980,55 @@ CROSSVAL_ROWS = [
     Row("evaluate-crossval-without-input", _evaluate_crossval, r"scores a crossval ensemble.*give evaluate\.input="),
 ]
 
+
+def _tampered_export(ctx: Ctx) -> list[str]:
+    folder = ctx.tmp / "export"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "mode=export", f"ckpt={ctx.best}", f"export.output_dir={folder}"]
+        + [f"hydra.run.dir={ctx.tmp}/export_run", "logger=none"],
+        env={**os.environ, "MEDSEG_CACHE": str(ctx.tmp / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = folder / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0x01
+    model.write_bytes(bytes(data))
+    return ["mode=predict", f"ckpt={folder}", f"predict.input={ctx.image}", "logger=none"]
+
+
+DEPLOY_ROWS = [
+    Row("dicom-gantry-tilt", _dicom({"tilt": 0.5}), r"dicom \(series .*\): gantry tilt: slices are not stacked"),
+    Row(
+        "dicom-uneven-spacing",
+        _dicom({"depths": [0.0, 2.5, 5.0, 8.5, 10.0, 12.5]}),
+        r"dicom \(series .*\): uneven spacing: slice steps from 1\.5 to 3\.5 mm",
+    ),
+    Row(
+        "dicom-missing-slice",
+        _dicom({"depths": [0.0, 2.5, 5.0, 10.0, 12.5, 15.0]}),
+        r"dicom \(series .*\): a slice is missing between positions 35\.00 and 40\.00 mm \(spacing 2\.5 mm\)",
+    ),
+    Row("dicom-mixed-series", _dicom({"mixed": True}), r"dicom \(series .*\): mixed series: .*one series per folder"),
+    Row(
+        "dicom-modality",
+        _dicom({"modality": "MR"}, "export.modalities=[CT]"),
+        r"modality MR, but the model was trained on CT images",
+    ),
+    Row(
+        "dicom-seg-for-nifti",
+        lambda ctx: [*_predict(ctx.best, ctx), "predict.output_format=dicom_seg"],
+        r"predict\.output_format=dicom_seg needs DICOM input, but .*scan\.nii\.gz is not DICOM",
+    ),
+    Row(
+        "export-tampered-model",
+        _tampered_export,
+        r"export/model\.onnx does not match the SHA-256 in .*manifest\.json; the file was changed",
+    ),
+]
+
 ROWS = (
     CONFIG_ROWS
     + FILE_ROWS
@@ -970,11 +1040,12 @@ ROWS = (
     + STORE_ROWS
     + PLAN_ROWS
     + CROSSVAL_ROWS
+    + DEPLOY_ROWS
 )
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 98
+    assert len(ROWS) >= 105
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

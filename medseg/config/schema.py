@@ -274,6 +274,14 @@ class PredictConfig:
     tta: bool = False
     overlap: float = 0.25
     batch_size: int = 4
+    output_format: str = "nifti"
+
+
+@dataclass
+class ExportConfig:
+    output_dir: str | None = None
+    opset: int = 17
+    modalities: list[str] | None = None
 
 
 @dataclass
@@ -342,6 +350,7 @@ class MedsegConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)

@@ -176,6 +176,7 @@ RANGES: tuple[Range, ...] = (
     _prob("predict.threshold", nullable=False),
     Range("predict.overlap", 0, 1, high_open=True),
     _int("predict.batch_size", 1),
+    Range("export.opset", 13, 21, integer=True),
     _int("benchmark.steps", 1),
     _int("benchmark.warmup", 0),
     Range("lr_find.min_lr", low=0, low_open=True),
@@ -210,7 +211,8 @@ def _ckpt(cfg: DictConfig) -> str | None:
     if not path or path is _ABSENT:
         return None
     found = Path(str(path)).expanduser()
-    if not (found.is_file() or (found / "crossval.json").is_file()):  # a crossval folder stands for its ensemble
+    if not (found.is_file() or (found / "crossval.json").is_file() or (found / "manifest.json").is_file()):
+        # a file, a crossval folder (it stands for its ensemble) or an export folder
         return f"checkpoint {path} not found; check the ckpt= path"
     return None
 

@@ -7,27 +7,25 @@ predict.threshold applies to two-class models, exactly as in mode=evaluate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
+import medseg
 from medseg.data.datasets import plain
 from medseg.data.transforms import volume_transforms
+from medseg.deploy.outputs import write_case
+from medseg.dicom.cases import Case, check_output_format, collect_cases, trained_modalities
 from medseg.errors import DataError, MedsegError
-from medseg.inference.image_io import (
-    collect_inputs,
-    overlay_png,
-    read_geometry,
-    representative_slice,
-    save_mask,
-    stem_of,
-    suffix_of,
-)
+from medseg.inference.image_io import overlay_png, read_geometry, representative_slice
 from medseg.inference.predictor import VolumePredictor, context_slices
 from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
@@ -45,7 +43,8 @@ def run_predict(cfg: DictConfig) -> None:
 
         return run_predict_crossval(cfg, source)
     pcfg = cfg.predict
-    files = collect_inputs(pcfg.input)
+    files = collect_cases(pcfg.input)  # files, or DICOM series (a folder of series, a zip)
+    check_output_format(str(pcfg.output_format), files)
     device = select_device(cfg.hardware.device)
     restored = restore_model(cfg.ckpt, device)
     out_dir = Path(str(pcfg.output_dir)).expanduser() if pcfg.output_dir else run_dir(cfg) / "predictions"
@@ -65,18 +64,39 @@ def run_predict(cfg: DictConfig) -> None:
     channels = restored.in_channels // (2 * context_slices(data_cfg) + 1)
     values = restored.ckpt.get("mask_values")
     written = 0
-    for path in _progress(files):
-        image, geom = load_input(path, chain, channels)
-        labels = predictor.labels(image, geom.shape, float(pcfg.threshold)).numpy()
-        name = stem_of(path)
-        if pcfg.save:
-            ext = suffix_of(path) if geom.kind == "nifti" else ".png"
-            save_mask(out_dir / f"{name}{ext}", labels, geom, values)
-            written += 1
-        if pcfg.viz:
-            raw = _raw_image(path)
-            write_overlay(out_dir / f"{name}_overlay.png", raw, labels, None, int(data_cfg.slice_axis))
+    modalities = trained_modalities(str(data_cfg.intensity.preset), cfg.export.modalities)
+    for case in _progress(files):
+        with image_file(case, modalities) as (path, volume):
+            image, geom = load_input(path, chain, channels)
+            labels = predictor.labels(image, geom.shape, float(pcfg.threshold)).numpy()
+            name = case.name
+            if pcfg.save:
+                fmt, names = str(pcfg.output_format), restored.class_names
+                write_case(out_dir, case, labels, geom, fmt, names, values, volume, medseg.__version__)
+                written += 1
+            if pcfg.viz:
+                raw = _raw_image(path)
+                write_overlay(out_dir / f"{name}_overlay.png", raw, labels, None, int(data_cfg.slice_axis))
     log.info("predicted %d file(s); %d mask(s) written to %s", len(files), written, out_dir)
+
+
+@contextlib.contextmanager
+def image_file(case: Case, modalities: list[str]) -> Iterator[tuple[Path, Any]]:
+    """The case as an image file: its own file, or a DICOM series as a temporary NIfTI with the series'
+    affine (read by medseg/dicom/series.py), with the series' volume."""
+    if case.series is None:
+        assert case.path is not None
+        yield case.path, None
+        return
+    import nibabel as nib
+
+    from medseg.dicom.series import read_volume
+
+    volume = read_volume(case.series, modalities)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{case.name}.nii.gz"
+        nib.save(nib.Nifti1Image(volume.array, volume.affine), str(path))
+        yield path, volume
 
 
 def load_input(path: Path, chain: Any, in_channels: int) -> tuple[Any, Any]:

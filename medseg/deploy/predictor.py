@@ -1,0 +1,203 @@
+"""Streaming whole-volume inference with onnxruntime: numpy in, class indices out.
+
+A twin of medseg/inference/predictor.py (VolumePredictor) and of MONAI's Gaussian
+`sliding_window_inference`, because the deployed path may not import torch, MONAI or training code
+(see medseg/deploy/__init__.py). It follows the torch path step for step so that masks agree voxel for
+voxel (tests/test_deploy.py compares them):
+- 2D / 2.5D models run on batches of slices along the slice axis, each with its 2k+1 neighbours as
+  channels (edges replicated), zero-padded symmetrically to a multiple of pad_divisible (DivisiblePad);
+- 3D models with a patch size run a Gaussian sliding window slab by slab along the slice axis, each slab
+  with exactly the windows a whole-volume pass places there (medseg/inference/slabs.py, shared); windows
+  are blended with MONAI's own importance map, stored by mode=export as window_weights.npy, in MONAI's
+  window order, and divided by the summed weights; a 3D model without a patch size sees the padded volume
+  in one pass;
+- softmax (inside the graph for 2D models, whose manifest says output "probabilities"), optional flip
+  TTA (every combination of spatial axes), in-plane bilinear resizing and the streaming linear blend
+  along the slice axis (medseg/deploy/resample.py), then argmax (or the two-class threshold). An
+  ensemble (several model files) averages the softmax probabilities of its members.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from medseg.deploy.resample import AlongAxis, linear_resize
+from medseg.inference.slabs import plan_slabs, window_starts, windows_within
+
+SLAB_BYTES = 512 * 2**20
+
+
+class OnnxPredictor:
+    def __init__(
+        self,
+        sessions: Sequence[Any],
+        manifest: dict[str, Any],
+        window_weights: np.ndarray | None = None,
+        tta: bool = False,
+        overlap: float = 0.25,
+        batch_size: int = 4,
+        slab_bytes: int = SLAB_BYTES,
+    ) -> None:
+        self.sessions = list(sessions)
+        self.names = [(s.get_inputs()[0].name, s.get_outputs()[0].name) for s in self.sessions]
+        self.dims, self.axis = int(manifest["dims"]), int(manifest["slice_axis"])
+        self.patch = list(manifest["patch_size"]) if manifest.get("patch_size") else None
+        self.k = int(manifest["pad_divisible"])
+        self.context = int(manifest.get("context_slices", 0))
+        self.num_classes = int(manifest["classes"]["count"])
+        self.logits = manifest.get("output", "logits") == "logits"  # else the graph ends with its softmax
+        self.weights = window_weights
+        self.tta, self.overlap, self.batch_size, self.slab_bytes = tta, overlap, max(1, batch_size), slab_bytes
+
+    def labels(self, image: np.ndarray, shape: tuple[int, ...], threshold: float | None = None) -> np.ndarray:
+        """image (C, *spatial) in the model's space -> class indices (int16) on the grid `shape`."""
+        native_2d = image.ndim == 3
+        if native_2d:
+            image, shape, axis = image[..., None], (*shape, 1), 2
+        else:
+            axis = self.axis
+        target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
+        out = np.zeros(target, dtype=np.int16)
+        along = AlongAxis(image.shape[axis + 1], target[0])
+        for chunk in self._chunks(image, axis):  # (K, n, a, b)
+            chunk = linear_resize(chunk, {2: target[1], 3: target[2]})
+            for t, probs in along.feed(chunk):
+                out[t] = to_labels(probs, threshold)
+        assert along.done(), "every target slice is written"
+        out = np.ascontiguousarray(np.moveaxis(out, 0, axis))
+        return out[..., 0] if native_2d else out
+
+    # ------------------------------------------------------------------ chunks of probabilities
+    def _chunks(self, image: np.ndarray, axis: int) -> Iterator[np.ndarray]:
+        if self.dims == 3 and image.ndim == 4:
+            yield from self._slabs_3d(image, axis)
+            return
+        vol = np.moveaxis(image, axis + 1, 1)  # (C, S, a, b)
+        count = vol.shape[1]
+        for i in range(0, count, self.batch_size):
+            x = slab_inputs(vol, range(i, min(count, i + self.batch_size)), self.context)
+            yield np.moveaxis(self._probabilities(x, self._forward), 0, 1)
+
+    def _slabs_3d(self, image: np.ndarray, axis: int) -> Iterator[np.ndarray]:
+        size = image.shape[1:]
+        padded, before = divisible_pad(image[None].astype(np.float32), self.k)
+        if not self.patch:
+            probs = self._probabilities(padded, self._forward, pad=False)
+            yield np.moveaxis(crop(probs, before, size)[0], axis + 1, 1)
+            return
+        length, roi = padded.shape[axis + 2], int(self.patch[axis])
+        rest = padded[0, 0].size // length
+        budget = windows_within(self.slab_bytes, self.num_classes, rest, roi, self.overlap)
+        lo, hi = before[axis], before[axis] + size[axis]
+        for slab in plan_slabs(length, roi, self.overlap, budget):
+            keep0, keep1 = max(slab.keep[0], lo), min(slab.keep[1], hi)
+            if keep0 >= keep1:
+                continue
+            index = [slice(None)] * padded.ndim
+            index[axis + 2] = slice(slab.read[0], slab.read[1])
+            probs = self._probabilities(padded[tuple(index)], self._sliding_window, pad=False)
+            index[axis + 2] = slice(keep0 - slab.read[0], keep1 - slab.read[0])
+            probs = probs[tuple(index)]
+            offsets = [0 if d == axis else b for d, b in enumerate(before)]
+            sizes = [keep1 - keep0 if d == axis else s for d, s in enumerate(size)]
+            yield np.moveaxis(crop(probs, offsets, sizes)[0], axis + 1, 1)
+
+    def _probabilities(self, x: np.ndarray, forward: Any, pad: bool = True) -> np.ndarray:
+        """Softmax of forward(x) (B, K, *spatial), averaged over flips with TTA and over ensemble members."""
+        x = x.astype(np.float32, copy=False)
+        size = x.shape[2:]
+        padded, before = divisible_pad(x, self.k) if pad else (x, [0] * len(size))
+        flips: list[tuple[int, ...]] = [()]
+        if self.tta:
+            axes = list(range(2, padded.ndim))
+            flips += [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+        total = None
+        for member in range(len(self.sessions)):
+            for dims in flips:
+                inp = np.ascontiguousarray(np.flip(padded, dims)) if dims else padded
+                out = forward(inp, member)
+                probs = softmax(out) if self.logits else out
+                probs = np.flip(probs, dims) if dims else probs
+                total = probs if total is None else total + probs
+        assert total is not None
+        count = len(flips) * len(self.sessions)
+        probs = total / np.float32(count) if count > 1 else total
+        return np.ascontiguousarray(crop(probs, before, size))
+
+    def _forward(self, x: np.ndarray, member: int = 0) -> np.ndarray:
+        name_in, name_out = self.names[member]
+        return self.sessions[member].run([name_out], {name_in: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def _sliding_window(self, x: np.ndarray, member: int = 0) -> np.ndarray:
+        """MONAI's sliding_window_inference(mode="gaussian") on one batch item, in numpy."""
+        assert self.patch is not None and self.weights is not None
+        roi = [int(r) for r in self.patch]
+        pad = []
+        for s, r in zip(x.shape[2:], roi):
+            diff = max(r - s, 0)
+            pad.append((diff // 2, diff - diff // 2))
+        if any(p for pair in pad for p in pair):
+            x = np.pad(x, [(0, 0), (0, 0), *pad])
+        image_size = x.shape[2:]
+        per_axis = [window_starts(s, r, self.overlap) if s != r else [0] for s, r in zip(image_size, roi)]
+        starts = list(itertools.product(*per_axis))
+        weights = self.weights.astype(np.float32)
+        out = np.zeros((x.shape[0], self.num_classes, *image_size), dtype=np.float32)
+        count = np.zeros(image_size, dtype=np.float32)
+        for s in starts:
+            count[tuple(slice(a, a + r) for a, r in zip(s, roi))] += weights
+        for i in range(0, len(starts), self.batch_size):
+            group = starts[i : i + self.batch_size]
+            windows = [tuple(slice(a, a + r) for a, r in zip(s, roi)) for s in group]
+            batch = np.concatenate([x[(slice(None), slice(None), *w)] for w in windows])
+            logits = self._forward(batch, member)
+            for j, w in enumerate(windows):
+                out[(slice(None), slice(None), *w)] += logits[j : j + 1] * weights
+        out /= count
+        if any(p for pair in pad for p in pair):
+            out = out[(slice(None), slice(None), *(slice(b, b + s - b - a) for (b, a), s in zip(pad, image_size)))]
+        return out
+
+
+def slab_inputs(vol: np.ndarray, slices: range, context: int) -> np.ndarray:
+    """Model inputs (n, C*(2k+1), a, b) for `slices` of vol (C, S, a, b), neighbours channel by channel."""
+    if context == 0:
+        return np.moveaxis(vol[:, slices.start : slices.stop], 1, 0)
+    offsets = np.arange(-context, context + 1)
+    index = np.clip(np.asarray(list(slices))[:, None] + offsets, 0, vol.shape[1] - 1)
+    picked = vol[:, index]  # (C, n, 2k+1, a, b)
+    n, c = index.shape[0], vol.shape[0]
+    return np.moveaxis(picked, 1, 0).reshape(n, c * (2 * context + 1), *vol.shape[2:])
+
+
+def divisible_pad(x: np.ndarray, k: int) -> tuple[np.ndarray, list[int]]:
+    """Zero-pad spatial axes of (B, C, *spatial) to multiples of k, the extra voxel after (DivisiblePad)."""
+    before = [((-s) % k) // 2 for s in x.shape[2:]]
+    pads = [(0, 0), (0, 0)] + [(b, (-s) % k - b) for s, b in zip(x.shape[2:], before)]
+    if not any(p for pair in pads for p in pair):
+        return x, before
+    return np.pad(x, pads), before
+
+
+def crop(probs: np.ndarray, before: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    return probs[(slice(None), slice(None), *(slice(b, b + s) for b, s in zip(before, size)))]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1, in place on a float32 copy (no temporaries of the full size but the result)."""
+    x = np.array(logits, dtype=np.float32, copy=True)
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x
+
+
+def to_labels(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Argmax for multi-class; for two classes, foreground where its probability exceeds `threshold`."""
+    if probs.shape[0] == 2 and threshold is not None:
+        return (probs[1] > np.float32(threshold)).astype(np.int16)
+    return probs.argmax(0).astype(np.int16)

@@ -1,0 +1,178 @@
+"""mode=export: a checkpoint -> one folder with model.onnx and manifest.json (see docs/deploy.md).
+
+The folder is what `mode=predict ckpt=<folder>` and `python -m medseg.deploy` run with onnxruntime:
+- model.onnx: the network in eval mode (2D: followed by its softmax), exported with torch.onnx
+  (TorchScript exporter, opset export.opset), checked with onnx.checker, batch and spatial axes
+  dynamic (3D patch models take windows of the fixed patch size); onnxruntime's output is compared
+  with PyTorch's before the folder is written, on the export size and, for dynamic axes, on a second size;
+- window_weights.npy: MONAI's Gaussian importance map for 3D sliding windows (data, not code);
+- manifest.json: classes and names, 2D/2.5D/3D, context slices, padding, patch and sliding-window
+  settings, scale or size, the intensity preset and its values, TTA, threshold and post-processing,
+  accepted DICOM modalities, the medseg version and the SHA-256 of each file.
+Where it is written comes from this run's config (export.output_dir, else <run folder>/export), never
+from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import medseg
+from medseg.deploy.manifest import FORMAT, FORMAT_VERSION, sha256, write_manifest
+from medseg.dicom.cases import trained_modalities
+from medseg.errors import ConfigError, MedsegError
+from medseg.inference.predictor import context_slices
+from medseg.runtime import run_dir
+from medseg.tasks.restore import restore_model
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-3  # max |onnxruntime - PyTorch| logit difference accepted at export (float32 kernels differ ~1e-5)
+
+
+def run_export(cfg: DictConfig) -> Path:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f'mode=export needs onnx and onnxruntime ({exc}); pip install -e ".[deploy]"') from exc
+    restored = restore_model(cfg.ckpt, torch.device("cpu"))
+    data = restored.cfg.data
+    if OmegaConf.select(data, "spacing", default=None):
+        raise ConfigError(
+            f"ckpt={cfg.ckpt}: models trained with data.spacing cannot be exported yet (the deployed predictor"
+            " has no spacing resampler); train with data.spacing=null"
+        )
+    out = Path(str(cfg.export.output_dir)).expanduser() if cfg.export.output_dir else run_dir(cfg) / "export"
+    if (out / "manifest.json").exists():
+        raise MedsegError(f"export.output_dir={out} already holds an export; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    opset = int(cfg.export.opset)
+    dims, k = int(data.dims), int(data.pad_divisible)
+    patch = [int(p) for p in data.patch_size] if data.patch_size else None
+    example, other = _example_shapes(dims, patch, k, restored.in_channels)
+    dynamic = dims == 2 or not patch
+    # 2D/2.5D slices: softmax inside the graph (onnxruntime's threads); 3D windows blend logits first
+    output = "probabilities" if dims == 2 else "logits"
+    network = torch.nn.Sequential(restored.model, torch.nn.Softmax(dim=1)) if dims == 2 else restored.model
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        _export_onnx(network, example, onnx_path, opset, dims, dynamic)
+        if dynamic and not _agrees(network, onnx_path, other):
+            log.info("the network does not run on other sizes with dynamic axes; exporting fixed sizes")
+            dynamic = False
+            _export_onnx(network, example, onnx_path, opset, dims, dynamic)
+        if not _agrees(network, onnx_path, example):
+            raise MedsegError(f"ckpt={cfg.ckpt}: onnxruntime's output differs from PyTorch's by more than {TOLERANCE}")
+        shutil.move(str(onnx_path), out / "model.onnx")
+    files = []
+    if dims == 3 and patch:
+        from monai.data.utils import compute_importance_map
+
+        weights = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125, dtype=torch.float32)
+        np.save(out / "window_weights.npy", weights.cpu().numpy().astype(np.float32))
+        files.append(
+            {"file": "window_weights.npy", "role": "window_weights", "sha256": sha256(out / "window_weights.npy")}
+        )
+    manifest = build_manifest(cfg, restored, opset, dynamic, files, sha256(out / "model.onnx"))
+    manifest["output"] = output
+    write_manifest(out, manifest)
+    log.info("exported %s to %s (opset %d, dynamic spatial axes: %s)", cfg.ckpt, out, opset, dynamic)
+    return out
+
+
+def _example_shapes(dims: int, patch: list[int] | None, k: int, channels: int) -> tuple[tuple, tuple]:
+    if dims == 3:
+        if patch:
+            return (1, channels, *patch), (2, channels, *patch)
+        return (1, channels, 2 * k, 2 * k, 2 * k), (1, channels, 3 * k, 2 * k, k)
+    return (1, channels, 4 * k, 4 * k), (2, channels, 3 * k, 5 * k)
+
+
+def _export_onnx(model: torch.nn.Module, shape: tuple, path: Path, opset: int, dims: int, dynamic: bool) -> None:
+    import warnings
+
+    axes: dict[int, str] = {0: "batch"}
+    if dynamic:
+        axes.update({2 + d: f"spatial{d}" for d in range(dims)})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(shape),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["output"],
+            dynamic_axes={"image": axes, "output": axes},
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _agrees(model: torch.nn.Module, path: Path, shape: tuple) -> bool:
+    import onnxruntime as ort
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": x.numpy()})[0]
+    except Exception as exc:  # noqa: BLE001 - a network whose graph fixes a size fails here
+        log.debug("onnxruntime on %s: %s", shape, exc)
+        return False
+    return got.shape == expected.shape and float(np.abs(got - expected).max()) <= TOLERANCE
+
+
+def build_manifest(
+    cfg: DictConfig, restored: Any, opset: int, dynamic: bool, files: list[dict], model_sha: str
+) -> dict[str, Any]:
+    data = restored.cfg.data
+    intensity = OmegaConf.to_container(data.intensity, resolve=True)
+    assert isinstance(intensity, dict)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medseg_version": medseg.__version__,
+        "opset": opset,
+        "dynamic_spatial": dynamic,
+        "models": [{"file": "model.onnx", "sha256": model_sha}],
+        "files": files,
+        "input": {"name": "image", "channels": restored.in_channels},
+        "classes": {
+            "count": restored.num_classes,
+            "names": list(restored.class_names),
+            "mask_values": restored.ckpt.get("mask_values"),
+        },
+        "dims": int(data.dims),
+        "slice_axis": int(data.slice_axis),
+        "context_slices": context_slices(data),
+        "pad_divisible": int(data.pad_divisible),
+        "patch_size": [int(p) for p in data.patch_size] if data.patch_size else None,
+        "sliding_window": {
+            "overlap": float(cfg.predict.overlap),
+            "batch_size": int(cfg.predict.batch_size),
+            "mode": "gaussian",
+            "sigma_scale": 0.125,
+        },
+        "spacing": None,
+        "scale": float(data.scale),
+        "image_size": [int(s) for s in data.image_size] if data.image_size else None,
+        "intensity": {k: intensity[k] for k in ("preset", "percentiles", "ct_window", "mean", "std") if k in intensity},
+        "tta": bool(cfg.predict.tta),
+        "threshold": float(cfg.predict.threshold),
+        "postprocessing": [],
+        "modalities": trained_modalities(str(data.intensity.preset), cfg.export.modalities),
+        "source": {"checkpoint_sha256": sha256(Path(str(cfg.ckpt)).expanduser()), "epoch": restored.ckpt.get("epoch")},
+    }
