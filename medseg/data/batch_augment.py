@@ -101,21 +101,22 @@ def settings_from(aug: Any, dims: int, patch: Sequence[int] | None = None) -> Au
 
 
 def read_size(patch: Sequence[int], settings: AugmentSettings) -> list[int]:
-    """The region to read so that rotation and scaling find image content everywhere in the patch:
-    nnU-Net's get_patch_size (the patch's corners rotated by up to the angle, capped at 90 degrees, then
-    divided by the smallest scale)."""
+    """The region to read around a patch so that rotation and scaling mostly find image content:
+    nnU-Net v2.8.1's initial patch size (get_patch_size: the patch's corner rotated by up to the angle,
+    capped at 90 degrees, about each axis, then divided by 0.85, the scale nnU-Net uses there), so both
+    loaders read and resample the same amount."""
     patch = [int(p) for p in patch]
     if not settings.spatial:
         return patch
     angle = math.radians(min(90.0, settings.rotation_deg)) if settings.rotation_prob > 0 else 0.0
-    lo = min(settings.scaling[0], 1.0) if settings.scaling_prob > 0 else 1.0
+    lo = 0.85
     coords = np.asarray(patch, dtype=np.float64)
     final = coords.copy()
-    for axes in [(0, 1)] if len(patch) == 2 else [(1, 2), (0, 2), (0, 1)]:
+    # batchgenerators' rotate_coords_3d about x, y, z in turn (its sign convention), 2D about the one axis
+    for a, b, sign in [(0, 1, 1.0)] if len(patch) == 2 else [(1, 2, 1.0), (0, 2, -1.0), (0, 1, 1.0)]:
+        c, s = math.cos(angle), sign * math.sin(angle)
         rotated = coords.copy()
-        a, b = axes
-        c, s = math.cos(angle), math.sin(angle)
-        rotated[a], rotated[b] = c * coords[a] - s * coords[b], s * coords[a] + c * coords[b]
+        rotated[a], rotated[b] = c * coords[a] + s * coords[b], -s * coords[a] + c * coords[b]
         final = np.maximum(final, np.abs(rotated))
     return [int(v) for v in final / lo]
 
@@ -186,11 +187,11 @@ class BatchAugment:
             x[pick] = gaussian_blur(x[pick], sigma)
         pick = _chance(b, s.brightness_prob, g).nonzero().flatten()
         if pick.numel():
-            x[pick] = x[pick] * _bcast(_uniform(pick.numel(), x.shape[1], s.brightness, g, dev), x.ndim, 2)
+            x[pick] = x[pick] * _bcast(_bg_contrast(pick.numel(), x.shape[1], s.brightness, g, dev), x.ndim, 2)
         pick = _chance(b, s.contrast_prob, g).nonzero().flatten()
         if pick.numel():
             sub = x[pick]
-            f = _bcast(_uniform(pick.numel(), x.shape[1], s.contrast, g, dev), x.ndim, 2)
+            f = _bcast(_bg_contrast(pick.numel(), x.shape[1], s.contrast, g, dev), x.ndim, 2)
             mean = sub.mean(axes, keepdim=True)
             lo, hi = sub.amin(axes, keepdim=True), sub.amax(axes, keepdim=True)
             x[pick] = torch.minimum(torch.maximum((sub - mean) * f + mean, lo), hi)
@@ -202,7 +203,7 @@ class BatchAugment:
         for prob, invert in ((s.gamma_invert_prob, True), (s.gamma_prob, False)):
             pick = _chance(b, prob, g).nonzero().flatten()
             if pick.numel():
-                x[pick] = gamma(x[pick], _gamma_values(pick.numel(), x.shape[1], s.gamma, g, dev), invert)
+                x[pick] = gamma(x[pick], _bg_contrast(pick.numel(), x.shape[1], s.gamma, g, dev), invert)
         return x
 
     # ------------------------------------------------------------------ mirroring
@@ -275,8 +276,9 @@ def gamma(x: torch.Tensor, g: torch.Tensor, invert: bool) -> torch.Tensor:
     return -y if invert else y
 
 
-def _gamma_values(n: int, c: int, rng: tuple[float, float], g: torch.Generator, dev: Any) -> torch.Tensor:
-    """nnU-Net's draw: half the time below 1 (from [lo, 1)), else from [max(lo, 1), hi)."""
+def _bg_contrast(n: int, c: int, rng: tuple[float, float], g: torch.Generator, dev: Any) -> torch.Tensor:
+    """nnU-Net's BGContrast draw (brightness, contrast, gamma): half the time below 1 (from [lo, 1)),
+    else from [max(lo, 1), hi)."""
     lo, hi = rng
     below = torch.rand(n, c, generator=g, device=dev) < 0.5
     u = torch.rand(n, c, generator=g, device=dev)
@@ -311,10 +313,6 @@ def _centre_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def _chance(n: int, prob: float, g: torch.Generator) -> torch.Tensor:
     draw = torch.rand(n, generator=g, device=g.device)
     return draw < prob
-
-
-def _uniform(n: int, c: int, rng: tuple[float, float], g: torch.Generator, dev: Any) -> torch.Tensor:
-    return rng[0] + (rng[1] - rng[0]) * torch.rand(n, c, generator=g, device=dev)
 
 
 def _bcast(v: torch.Tensor, ndim: int, keep: int = 1) -> torch.Tensor:
