@@ -116,3 +116,11 @@ def test_per_item_monai_chain_of_the_same_keys(compose):
     assert batch["image"].shape[2:] == (32, 32)
     assert math.isfinite(float(batch["image"].sum()))
     assert data.train_set.batch_augment is None
+
+
+def test_a_mirrored_axis_is_a_sign_in_the_sampling_matrix():
+    torch.manual_seed(3)
+    image, label = torch.rand(1, 1, 6, 8, 10), torch.randint(0, 4, (1, 1, 6, 8, 10))
+    # affine_grid's coordinates run x, y, z = tensor axes -1, -2, -3: -1 on the first flips the last axis
+    out_i, out_l = resample(image, label, torch.diag(torch.tensor([-1.0, 1.0, 1.0]))[None], (6, 8, 10))
+    assert torch.equal(out_l, label.flip(-1)) and torch.allclose(out_i, image.flip(-1), atol=1e-6)

@@ -142,33 +142,48 @@ class BatchAugment:
         g.manual_seed(_batch_seed(batch.get("seed")))
         image, label = self.spatial(image, label, g)
         image = self.intensity(image, g)
-        image, label = self.mirror(image, label, g)
-        return {**batch, "image": image.contiguous(), "label": label.contiguous()}
+        return {**batch, "image": image, "label": label}
 
-    # ------------------------------------------------------------------ spatial
+    # ------------------------------------------------------------------ spatial and mirroring
     def spatial(
         self, image: torch.Tensor, label: torch.Tensor, g: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n = image.shape[0], self.dims
-        size_in = list(image.shape[2:])
-        size_out = self.out_size or size_in
+        """Rotation, scaling, mirroring and the crop to the patch, in one copy per sample.
+
+        Mirroring is done here rather than last, as nnU-Net orders it: the intensity operations in
+        between act the same on a mirrored image (flip-symmetric kernels and statistics), and here it
+        costs nothing: a mirrored output axis is a sign in the sampling matrix, or part of the crop copy.
+        """
+        b, n, dev = image.shape[0], self.dims, image.device
+        size_out = self.out_size or list(image.shape[2:])
         rotate = _chance(b, self.s.rotation_prob, g)
         scale = _chance(b, self.s.scaling_prob, g)
-        moved = (rotate | scale).nonzero().flatten()
-        out_i = _centre_crop(image, size_out)
-        out_l = _centre_crop(label, size_out)
-        if moved.numel() == 0:
+        flips = torch.rand(b, n, generator=g, device=dev) < self.s.flip_prob  # per tensor axis
+        moved = rotate | scale
+        out_i = image.new_empty((b, image.shape[1], *size_out))
+        out_l = label.new_empty((b, label.shape[1], *size_out))
+        crop = _centre_index(image.shape[2:], size_out)
+        for i, (is_moved, flip) in enumerate(zip(moved.tolist(), flips.tolist())):
+            if is_moved:
+                continue
+            axes = [1 + a for a in range(n) if flip[a]]
+            src_i, src_l = image[i][crop], label[i][crop]
+            out_i[i] = src_i.flip(axes) if axes else src_i
+            out_l[i] = src_l.flip(axes) if axes else src_l
+        index = moved.nonzero().flatten()
+        if index.numel() == 0:
             return out_i, out_l
-        m, dev = moved.numel(), image.device
+        m = index.numel()
         limit = math.radians(self.s.rotation_deg)
         angles = (torch.rand(m, 1 if n == 2 else 3, generator=g, device=dev) * 2 - 1) * limit
-        angles = angles * rotate[moved, None].float()
+        angles = angles * rotate[index, None].float()
         lo, hi = self.s.scaling
         factor = lo + (hi - lo) * torch.rand(m, generator=g, device=dev)
-        factor = torch.where(scale[moved], factor, torch.ones_like(factor))
-        moved_i, moved_l = resample(image[moved], label[moved], _rotation(angles, n) * factor[:, None, None], size_out)
-        out_i, out_l = out_i.clone(), out_l.clone()
-        out_i[moved], out_l[moved] = moved_i, moved_l
+        factor = torch.where(scale[index], factor, torch.ones_like(factor))
+        # a mirrored tensor axis a is affine_grid coordinate n - 1 - a: a sign on that column
+        signs = 1.0 - 2.0 * flips[index].flip(1).float()
+        matrix = _rotation(angles, n) * factor[:, None, None] * signs[:, None, :]
+        out_i[index], out_l[index] = resample(image[index], label[index], matrix, size_out)
         return out_i, out_l
 
     # ------------------------------------------------------------------ intensity
@@ -268,11 +283,12 @@ def gamma(x: torch.Tensor, g: torch.Tensor, invert: bool) -> torch.Tensor:
     [min, max] range, then back to the channel's mean and std; `invert` applies it to -x."""
     axes = tuple(range(2, x.ndim))
     x = -x if invert else x
-    mean, std = x.mean(axes, keepdim=True), x.std(axes, keepdim=True)
+    std, mean = torch.std_mean(x, axes, keepdim=True)
     lo, hi = x.amin(axes, keepdim=True), x.amax(axes, keepdim=True)
     span = hi - lo + 1e-7
     y = ((x - lo) / span).clamp_min(0) ** _bcast(g, x.ndim, 2) * span + lo
-    y = (y - y.mean(axes, keepdim=True)) / (y.std(axes, keepdim=True) + 1e-7) * std + mean
+    y_std, y_mean = torch.std_mean(y, axes, keepdim=True)
+    y = (y - y_mean) / (y_std + 1e-7) * std + mean
     return -y if invert else y
 
 
@@ -303,11 +319,9 @@ def _rotation(angles: torch.Tensor, dims: int) -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def _centre_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if list(x.shape[2:]) == list(size):
-        return x
-    index = tuple(slice((s - o) // 2, (s - o) // 2 + o) for s, o in zip(x.shape[2:], size))
-    return x[(slice(None), slice(None), *index)]
+def _centre_index(shape: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
+    """Index of a (C, *shape) item's centre region of `size` (the read region's patch)."""
+    return (slice(None), *(slice((s - o) // 2, (s - o) // 2 + o) for s, o in zip(shape, size)))
 
 
 def _chance(n: int, prob: float, g: torch.Generator) -> torch.Tensor:

@@ -14,6 +14,7 @@ as data=... 3D patches are (medseg/data/datasets.py PatchDataset). The read size
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,19 +28,24 @@ def forced_foreground(i: int, share: float) -> bool:
     return share > 0 and math.floor((i + 1) * share) > math.floor(i * share)
 
 
-def crop_around(array: np.ndarray, centre: list[int], size: list[int]) -> np.ndarray:
-    """The (C, *size) region of array (C, *spatial) centred at `centre`, moved inside the array where it
-    fits and zero-padded symmetrically where the array is smaller."""
-    shape = array.shape[1:]
+def crop_plan(shape: Sequence[int], centre: Sequence[int], size: Sequence[int]) -> tuple[tuple, tuple]:
+    """(source, destination) slices of the `size` region centred at `centre` in an array of spatial
+    `shape`: moved inside the array where it fits, zero-padded symmetrically where the array is smaller."""
     padded = [max(s, p) for s, p in zip(shape, size)]
     before = [(q - s) // 2 for q, s in zip(padded, shape)]
     start = [min(max(c + b - p // 2, 0), q - p) for c, b, p, q in zip(centre, before, size, padded)]
     lo = [max(0, st - b) for st, b in zip(start, before)]
     hi = [min(s, st - b + p) for st, b, p, s in zip(start, before, size, shape)]
+    src = tuple(slice(a, z) for a, z in zip(lo, hi))
+    dst = tuple(slice(a - st + b, z - st + b) for a, z, st, b in zip(lo, hi, start, before))
+    return src, dst
+
+
+def crop_around(array: np.ndarray, centre: list[int], size: list[int]) -> np.ndarray:
+    """The (C, *size) region of array (C, *spatial) centred at `centre` (see crop_plan)."""
+    src, dst = crop_plan(array.shape[1:], centre, size)
     out = np.zeros((array.shape[0], *size), dtype=array.dtype)
-    src = (slice(None), *(slice(a, z) for a, z in zip(lo, hi)))
-    dst = (slice(None), *(slice(a - st + b, z - st + b) for a, z, st, b in zip(lo, hi, start, before)))
-    out[dst] = array[src]
+    out[(slice(None), *dst)] = array[(slice(None), *src)]
     return out
 
 
@@ -82,6 +88,10 @@ class SlicePatchDataset(SliceDataset):
             return s, point
         return point[self.axis], point[: self.axis] + point[self.axis + 1 :]
 
+    def in_plane_shape(self, v: int, s: int) -> list[int]:
+        shape = list(self.volumes.spatial_shape(v))
+        return shape if s < 0 else shape[: self.axis] + shape[self.axis + 1 :]
+
     def __getitem__(self, i: int) -> dict:
         v, s = self.epoch_index()[i]
         centre = None
@@ -89,12 +99,27 @@ class SlicePatchDataset(SliceDataset):
             hit = self.foreground_point(v, s)
             if hit is not None:
                 s, centre = hit
-        image, label = self.image_at(v, s), self.label_at(v, s)
         if centre is None:
-            centre = [self._draw(n) for n in image.shape[1:]]
-        item = {
-            "image": torch.from_numpy(crop_around(image, centre, self.size)),
-            "label": torch.from_numpy(crop_around(label, centre, self.size)),
-        }
+            centre = [self._draw(n) for n in self.in_plane_shape(v, s)]
+        image, label = self.crop(v, s, centre)
         with without_meta():
-            return _as_item(self.transform(item))
+            return _as_item(self.transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)}))
+
+    def crop(self, v: int, s: int, centre: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Image and label patch of slice s of case v around `centre`; only the region under the patch is
+        read from the store (whole slices with data.context_slices)."""
+        if self.context or s < 0:
+            return crop_around(self.image_at(v, s), centre, self.size), crop_around(
+                self.label_at(v, s), centre, self.size
+            )
+        src, dst = crop_plan(self.in_plane_shape(v, s), centre, self.size)
+        region = list(src)
+        region.insert(self.axis, s)  # type: ignore[arg-type]
+        index = (slice(None), *region)
+        out = []
+        for part in ("image", "label"):
+            read = self.volumes.read(v, part, index)
+            patch = np.zeros((read.shape[0], *self.size), dtype=read.dtype)
+            patch[(slice(None), *dst)] = read
+            out.append(patch)
+        return out[0], out[1]
