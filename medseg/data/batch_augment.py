@@ -136,8 +136,12 @@ class BatchAugment:
         self.device = torch.device(device)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        image = batch["image"].to(self.device, non_blocking=True).float()
-        label = batch["label"].to(self.device, non_blocking=True)
+        """`batch` as collated, or with "image" and "label" still lists of per-sample tensors (the
+        collate step hands them over unstacked: the crop or resampling is their only copy)."""
+        image, label = batch["image"], batch["label"]
+        if isinstance(image, torch.Tensor):
+            image = image.to(self.device, non_blocking=True).float()
+            label = label.to(self.device, non_blocking=True)
         g = torch.Generator(device=self.device)
         g.manual_seed(_batch_seed(batch.get("seed")))
         image, label = self.spatial(image, label, g)
@@ -154,15 +158,16 @@ class BatchAugment:
         between act the same on a mirrored image (flip-symmetric kernels and statistics), and here it
         costs nothing: a mirrored output axis is a sign in the sampling matrix, or part of the crop copy.
         """
-        b, n, dev = image.shape[0], self.dims, image.device
-        size_out = self.out_size or list(image.shape[2:])
+        b, n, dev = len(image), self.dims, self.device
+        size_in = list(image[0].shape[1:])
+        size_out = self.out_size or size_in
         rotate = _chance(b, self.s.rotation_prob, g)
         scale = _chance(b, self.s.scaling_prob, g)
         flips = torch.rand(b, n, generator=g, device=dev) < self.s.flip_prob  # per tensor axis
         moved = rotate | scale
-        out_i = image.new_empty((b, image.shape[1], *size_out))
-        out_l = label.new_empty((b, label.shape[1], *size_out))
-        crop = _centre_index(image.shape[2:], size_out)
+        out_i = torch.empty((b, image[0].shape[0], *size_out), device=dev)
+        out_l = torch.empty((b, label[0].shape[0], *size_out), dtype=label[0].dtype, device=dev)
+        crop = _centre_index(size_in, size_out)
         for i, (is_moved, flip) in enumerate(zip(moved.tolist(), flips.tolist())):
             if is_moved:
                 continue
@@ -183,7 +188,10 @@ class BatchAugment:
         # a mirrored tensor axis a is affine_grid coordinate n - 1 - a: a sign on that column
         signs = 1.0 - 2.0 * flips[index].flip(1).float()
         matrix = _rotation(angles, n) * factor[:, None, None] * signs[:, None, :]
-        out_i[index], out_l[index] = resample(image[index], label[index], matrix, size_out)
+        picked = index.tolist()
+        sub_i = torch.stack([image[i] for i in picked]).to(dev).float()
+        sub_l = torch.stack([label[i] for i in picked]).to(dev)
+        out_i[index], out_l[index] = resample(sub_i, sub_l, matrix, size_out)
         return out_i, out_l
 
     # ------------------------------------------------------------------ intensity
@@ -349,4 +357,8 @@ class AugmentingCollate:
     def __call__(self, items: list) -> dict:
         from monai.data import list_data_collate
 
-        return self.augment(list_data_collate(items))
+        flat = [x for it in items for x in (it if isinstance(it, list) else [it])]  # several patches per index
+        images = [x.pop("image") for x in flat]
+        labels = [x.pop("label") for x in flat]
+        batch = list_data_collate(flat)
+        return self.augment({**batch, "image": images, "label": labels})
