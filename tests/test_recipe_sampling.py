@@ -16,12 +16,11 @@ DATA = [
     "data.patch_size=[16,16]",
     "data.batch_size=8",
     "data.augment.enabled=false",
-    "hardware.num_workers=2",
 ]
 
 
-def _foreground_share(compose, share: float) -> tuple[float, int]:
-    cfg = compose(*DATA, f"data.fg_oversample={share}")
+def _foreground_share(compose, share: float, workers: int = 0) -> tuple[float, int]:
+    cfg = compose(*DATA, f"data.fg_oversample={share}", f"hardware.num_workers={workers}")
     loader = build_data(cfg).train_loader
     loader.sampler.set_epoch(0)
     hits, n = 0, 0
@@ -35,9 +34,9 @@ def _foreground_share(compose, share: float) -> tuple[float, int]:
 def test_share_of_foreground_patches_is_as_configured_with_two_workers(compose):
     base, n = _foreground_share(compose, 0.0)
     assert n >= 30 and base < 0.9
-    every, _ = _foreground_share(compose, 1.0)
+    every, _ = _foreground_share(compose, 1.0, workers=2)
     assert every == 1.0  # every patch centred on a foreground voxel
-    third, _ = _foreground_share(compose, 0.33)
+    third, _ = _foreground_share(compose, 0.33, workers=2)
     forced = sum(forced_foreground(i, 0.33) for i in range(n)) / n
     expected = forced + (1 - forced) * base  # forced ones hold foreground; the rest as at random
     assert third == pytest.approx(expected, abs=0.12)

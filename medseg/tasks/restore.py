@@ -52,7 +52,7 @@ def restore_model(path: str | None, device: torch.device) -> Restored:
     return Restored(model, train_cfg, class_names, in_channels, num_classes, ckpt)
 
 
-def test_time_mirroring(tta: Any, restored: Restored) -> bool:
+def mirroring_at_test_time(tta: Any, restored: Restored) -> bool:
     """predict.tta, or when null the training run's choice (data.augment.test_time_mirroring: the
     nnU-Net recipe mirrors at test time)."""
     if tta is not None:
