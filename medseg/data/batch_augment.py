@@ -137,20 +137,27 @@ class BatchAugment:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """`batch` as collated, or with "image" and "label" still lists of per-sample tensors (the
-        collate step hands them over unstacked: the crop or resampling is their only copy)."""
+        collate step hands them over unstacked: the crop or resampling is their only copy; read
+        regions are larger only for the samples to be resampled, "spatial" (B, 2) says which)."""
         image, label = batch["image"], batch["label"]
         if isinstance(image, torch.Tensor):
             image = image.to(self.device, non_blocking=True).float()
             label = label.to(self.device, non_blocking=True)
         g = torch.Generator(device=self.device)
         g.manual_seed(_batch_seed(batch.get("seed")))
-        image, label = self.spatial(image, label, g)
+        image, label = self.spatial(image, label, g, batch.get("spatial"))
         image = self.intensity(image, g)
         return {**batch, "image": image, "label": label}
 
+    def draw_spatial(self, seed: int) -> list[bool]:
+        """[rotate, scale] for the item with this seed: drawn when the item is read, so that it reads the
+        larger region (data/read_size) only when it will be resampled."""
+        u = np.random.default_rng(seed).random(2)
+        return [bool(u[0] < self.s.rotation_prob), bool(u[1] < self.s.scaling_prob)]
+
     # ------------------------------------------------------------------ spatial and mirroring
     def spatial(
-        self, image: torch.Tensor, label: torch.Tensor, g: torch.Generator
+        self, image: Any, label: Any, g: torch.Generator, drawn: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotation, scaling, mirroring and the crop to the patch, in one copy per sample.
 
@@ -159,19 +166,22 @@ class BatchAugment:
         costs nothing: a mirrored output axis is a sign in the sampling matrix, or part of the crop copy.
         """
         b, n, dev = len(image), self.dims, self.device
-        size_in = list(image[0].shape[1:])
-        size_out = self.out_size or size_in
-        rotate = _chance(b, self.s.rotation_prob, g)
-        scale = _chance(b, self.s.scaling_prob, g)
+        size_out = self.out_size or list(image[0].shape[1:])
+        if drawn is not None:  # [rotate, scale] per sample, drawn when the items were read
+            flags = torch.as_tensor(drawn, dtype=torch.bool, device=dev).reshape(b, 2)
+            rotate, scale = flags[:, 0], flags[:, 1]
+        else:
+            rotate = _chance(b, self.s.rotation_prob, g)
+            scale = _chance(b, self.s.scaling_prob, g)
         flips = torch.rand(b, n, generator=g, device=dev) < self.s.flip_prob  # per tensor axis
         moved = rotate | scale
         out_i = torch.empty((b, image[0].shape[0], *size_out), device=dev)
         out_l = torch.empty((b, label[0].shape[0], *size_out), dtype=label[0].dtype, device=dev)
-        crop = _centre_index(size_in, size_out)
         for i, (is_moved, flip) in enumerate(zip(moved.tolist(), flips.tolist())):
             if is_moved:
                 continue
             axes = [1 + a for a in range(n) if flip[a]]
+            crop = _centre_index(image[i].shape[1:], size_out)
             src_i, src_l = image[i][crop], label[i][crop]
             out_i[i] = src_i.flip(axes) if axes else src_i
             out_l[i] = src_l.flip(axes) if axes else src_l
@@ -351,14 +361,14 @@ def _batch_seed(seeds: Any) -> int:
 class AugmentingCollate:
     """collate_fn for the loader workers: MONAI's list_data_collate, then the batch augmentation."""
 
-    def __init__(self, augment: Callable[[dict], dict]) -> None:
-        self.augment = augment
+    def __init__(self, augment: Callable[[dict], dict] | None) -> None:
+        self.augment = augment  # None: collate only, image and label left as lists (augmented on the GPU)
 
     def __call__(self, items: list) -> dict:
         from monai.data import list_data_collate
 
         flat = [x for it in items for x in (it if isinstance(it, list) else [it])]  # several patches per index
-        images = [x.pop("image") for x in flat]
+        images = [x.pop("image") for x in flat]  # read regions of two sizes: stacked only where resampled
         labels = [x.pop("label") for x in flat]
-        batch = list_data_collate(flat)
-        return self.augment({**batch, "image": images, "label": labels})
+        batch = {**list_data_collate(flat), "image": images, "label": labels}
+        return self.augment(batch) if self.augment is not None else batch

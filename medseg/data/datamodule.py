@@ -153,6 +153,8 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         mask_values=list(data_cfg.mask_values) if data_cfg.mask_values else None,
     )
     train_set.batch_augment = augment  # make_loader (and loaders rebuilt from train_set) augment batches with it
+    if augment is not None and data_cfg.patch_size and list(read) != list(data_cfg.patch_size):
+        train_set.read_sizes = (list(data_cfg.patch_size), list(read))  # the larger region only where resampled
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError("the train or validation split has no items; add cases or change data.val_percent")
     loader_kwargs = loader_settings(hw)
@@ -312,8 +314,9 @@ def make_loader(
     loader_class: Any = DataLoader
     if augment is not None and augment.device.type == "cpu":
         collate = AugmentingCollate(augment)  # in the loader workers, after collation
-    elif augment is not None:
-        loader_class = functools.partial(DeviceAugmentLoader, augment=augment)  # on the GPU, in this process
+    elif augment is not None:  # on the GPU, in this process; the workers hand over unstacked read regions
+        collate = AugmentingCollate(None)
+        loader_class = functools.partial(DeviceAugmentLoader, augment=augment)
     return loader_class(
         SeededItems(dataset, int(seed), rank),
         batch_size=batch_size,
@@ -386,12 +389,17 @@ class SeededItems(torch.utils.data.Dataset):
             transform.set_random_state(seed=int(state))
         if hasattr(self.dataset, "seed_item"):  # e.g. 3D patch centres
             self.dataset.seed_item(int(state))
+        extra: dict[str, Any] = {"seed": int(state) & 0x7FFFFFFF}  # seeds batched augmentation
+        augment = getattr(self.dataset, "batch_augment", None)
+        if augment is not None:  # whether batched augmentation rotates / scales this item, drawn now
+            extra["spatial"] = torch.tensor(augment.draw_spatial(int(state)))
+            if getattr(self.dataset, "read_sizes", None):
+                self.dataset.set_read_large(bool(extra["spatial"].any()))
         item = self.dataset[index]
         tag = -1 if repeat else index
-        seed = int(state) & 0x7FFFFFFF  # seeds batched augmentation (medseg/data/batch_augment.py)
         if isinstance(item, list):  # several patches per index
-            return [{**part, "index": tag, "seed": seed + j} for j, part in enumerate(item)]
-        return {**item, "index": tag, "seed": seed}
+            return [{**part, "index": tag, **extra, "seed": extra["seed"] + j} for j, part in enumerate(item)]
+        return {**item, "index": tag, **extra}
 
 
 def seed_worker(worker_id: int, rank: int = 0) -> None:

@@ -59,6 +59,13 @@ class SlicePatchDataset(SliceDataset):
         self._rng = torch.Generator().manual_seed(0)
         self._locations: dict[int, dict[int, np.ndarray]] = {}
 
+    read_sizes: tuple[list[int], list[int]] | None = None  # (patch, larger region) with batched augmentation
+
+    def set_read_large(self, large: bool) -> None:
+        """Batched augmentation: the next item reads the larger region only when it will be resampled."""
+        if self.read_sizes:
+            self.size = list(self.read_sizes[int(large)])
+
     def seed_item(self, seed: int) -> None:
         """Seed the centre draws of the next item (make_loader's SeededItems calls it per item)."""
         self._rng.manual_seed(int(seed))
