@@ -203,26 +203,36 @@ def compare_loaders(
     cache: str | Path | None = None,
     per_item: bool = True,
     quick: bool = False,
+    repeats: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Samples/s of medseg's loader (augment=nnunet, batched and per item) and nnU-Net's, per setting.
 
+    With `repeats` > 1 the loaders take turns (nnU-Net, medseg batched, medseg per item, again ...) and the
+    medians are reported, so that a shared machine's changing load falls on all of them.
     Returns {setting: {"medseg_batched": {...}, "medseg_per_item": {...}, "nnunet": {...}, "ratio": float}}
-    where ratio = medseg batched / nnU-Net samples per second.
+    where ratio = medseg batched / nnU-Net samples per second (medians).
     """
     cache_dir = Path(cache or os.environ.get("MEDSEG_CACHE", "~/.cache/medseg")).expanduser() / "loader_vs_nnunet"
     batches = batches or {"2d": 4 if quick else 20, "3d": 4 if quick else 10}
     results: dict[str, dict[str, Any]] = {}
     for name in settings:
         msd, nn = write_data(cache_dir, name, quick)
-        row: dict[str, Any] = {}
-        row["nnunet"] = nnunet_rate(nn, name, batches[name], warmup, threads)
-        row["medseg_batched"] = medseg_rate(msd, name, True, batches[name], warmup, threads, cache_dir)
-        if per_item:
-            row["medseg_per_item"] = medseg_rate(msd, name, False, batches[name], warmup, threads, cache_dir)
+        runs: dict[str, list[dict[str, Any]]] = {"nnunet": [], "medseg_batched": [], "medseg_per_item": []}
+        for _ in range(max(1, repeats)):
+            runs["nnunet"].append(nnunet_rate(nn, name, batches[name], warmup, threads))
+            runs["medseg_batched"].append(medseg_rate(msd, name, True, batches[name], warmup, threads, cache_dir))
+            if per_item:
+                runs["medseg_per_item"].append(medseg_rate(msd, name, False, batches[name], warmup, threads, cache_dir))
+        row: dict[str, Any] = {key: _median(values) for key, values in runs.items() if values}
         row["ratio"] = row["medseg_batched"]["samples_per_s"] / row["nnunet"]["samples_per_s"]
         results[name] = row
         print(format_row(name, row), flush=True)
     return results
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = sorted(r["samples_per_s"] for r in runs)
+    return {**runs[0], "samples_per_s": float(np.median(rates)), "all_samples_per_s": rates}
 
 
 def format_row(name: str, row: dict[str, Any]) -> str:
@@ -232,7 +242,8 @@ def format_row(name: str, row: dict[str, Any]) -> str:
     parts.append(f"medseg batched {row['medseg_batched']['samples_per_s']:.2f}")
     if "medseg_per_item" in row:
         parts.append(f"medseg per item (MONAI) {row['medseg_per_item']['samples_per_s']:.2f}")
-    parts.append(f"samples/s; medseg batched / nnU-Net = {row['ratio']:.2f}x (target >= 2)")
+    parts.append(f"samples/s (medians of {len(row['nnunet']['all_samples_per_s'])});")
+    parts.append(f"medseg batched / nnU-Net = {row['ratio']:.2f}x (target >= 2)")
     return " ".join(parts)
 
 
@@ -243,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (both loaders)")
     parser.add_argument("--no-per-item", action="store_true", help="skip medseg's per-item MONAI chain")
     parser.add_argument("--cache", default=None, help="folder for the generated data (default $MEDSEG_CACHE)")
+    parser.add_argument("--repeats", type=int, default=None, help="turns per loader, medians (default 3; quick 1)")
     args = parser.parse_args(argv)
     compare_loaders(
         tuple(s for s in args.settings.split(",") if s),
@@ -250,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         cache=args.cache,
         per_item=not args.no_per_item,
         quick=args.quick,
+        repeats=args.repeats or (1 if args.quick else 3),
     )
 
 
