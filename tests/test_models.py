@@ -121,7 +121,7 @@ def test_deep_supervision_wraps_the_loss_and_trains_end_to_end(compose, tmp_path
         "trainer.limit_val_batches=2",
     )
     model = build_model(cfg.model, 1, CLASSES, 2)
-    assert type(build_train_loss(cfg.trainer.loss, model)).__name__ == "DeepSupervisionLoss"
+    assert type(build_train_loss(cfg.trainer.loss, model)).__name__ == "DeepSupervised"
     best = run_train(cfg)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     record = history[-1] if isinstance(history, list) else history["epochs"][-1]

@@ -41,6 +41,26 @@ class AugmentConfig:
     intensity_scale: float = 0.1
     noise_prob: float = 0.0
     noise_std: float = 0.05
+    # config group augment (conf/augment/): flips | nnunet
+    name: str = "flips"
+    batched: bool = False
+    device: str = "auto"
+    rotation_prob: float = 0.0
+    rotation_deg: float | None = None
+    scaling_prob: float = 0.0
+    scaling: list[float] = field(default_factory=lambda: [0.7, 1.4])
+    blur_prob: float = 0.0
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    brightness_prob: float = 0.0
+    brightness: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    contrast_prob: float = 0.0
+    contrast: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    lowres_prob: float = 0.0
+    lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    gamma_invert_prob: float = 0.0
+    gamma_prob: float = 0.0
+    gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
+    test_time_mirroring: bool = False
 
 
 @dataclass
@@ -85,6 +105,7 @@ class DataConfig:
     patch_size: list[int] | None = None
     samples_per_volume: int = 2
     pos_neg_ratio: float = 1.0
+    fg_oversample: float | None = None
     pad_divisible: int = 16
     context_slices: int = 0
     drop_empty_slices: bool = False
@@ -271,7 +292,7 @@ class PredictConfig:
     threshold: float = 0.5
     viz: bool = False
     save: bool = True
-    tta: bool = False
+    tta: bool | None = None
     overlap: float = 0.25
     batch_size: int = 4
     output_format: str = "nifti"

@@ -48,6 +48,10 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def word(value: Any) -> str | None:
     return None if isinstance(value, str) and WORD.fullmatch(value) else "must be a plain word"
 
@@ -107,6 +111,7 @@ STORED_KEYS: tuple[StoredKey, ...] = (
     StoredKey("data.intensity.mean"),
     StoredKey("data.intensity.std"),
     StoredKey("data.store.image_dtype", one_of("float32", "float16")),
+    StoredKey("data.augment.test_time_mirroring", flag),  # the recipe's default for predict.tta
     # how label files become classes (structure names only select files inside this run's data.root)
     StoredKey("data.mask_values"),
     StoredKey("data.colour_map"),

@@ -120,6 +120,18 @@ RANGES: tuple[Range, ...] = (
     ),
     *(Range(f"data.augment.{k}", low=0, nullable=True) for k in ("rotate_range", "scale_range", "intensity_shift")),
     *(Range(f"data.augment.{k}", low=0, nullable=True) for k in ("intensity_scale", "noise_std")),
+    # recipe: nnU-Net's augmentation keys and foreground oversampling (conf/augment/, conf/recipe/)
+    _prob("data.fg_oversample"),
+    *(
+        _prob(f"data.augment.{p}")
+        for p in ("rotation_prob", "scaling_prob", "blur_prob", "brightness_prob", "contrast_prob", "lowres_prob")
+    ),
+    *(_prob(f"data.augment.{p}") for p in ("gamma_invert_prob", "gamma_prob")),
+    Range("data.augment.rotation_deg", 0, 180, nullable=True),
+    Range("data.augment.scaling", 0, 10, low_open=True, each=True, max_len=2),
+    Range("data.augment.blur_sigma", 0, 10, low_open=True, each=True, max_len=2),
+    *(Range(f"data.augment.{k}", 0, 10, each=True, max_len=2) for k in ("brightness", "contrast", "gamma")),
+    Range("data.augment.lowres_zoom", 0, 1, low_open=True, each=True, max_len=2),
     Range("data.synthetic.num_cases", 1, 10_000, integer=True),
     Range("data.synthetic.shape", 1, 1024, integer=True, each=True, max_len=3),
     Range("data.synthetic.num_classes", 2, 64, integer=True),

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from medseg.config.schema import layout_value
+from medseg.data.batch_augment import read_size
 from medseg.data.checks import check_files, check_volumes
 from medseg.data.datasets import PatchDataset, SliceDataset, StoreVolumes, VolumeDataset
 from medseg.data.layouts import read_cases
@@ -102,7 +103,25 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     in_channels = image_channels * (2 * context + 1)
 
     train_tf, val_tf = item_transforms(data_cfg, train=True), item_transforms(data_cfg, train=False)
-    if dims == 2:
+    augment = batch_augment_for(cfg)  # nnU-Net's augmentation on whole batches (data.augment.batched) or None
+    read = read_size(list(data_cfg.patch_size), augment.s) if augment and data_cfg.patch_size else data_cfg.patch_size
+    fg_share = data_cfg.get("fg_oversample")
+    if dims == 2 and data_cfg.patch_size:
+        from medseg.data.slice_patches import SlicePatchDataset
+
+        train_set = SlicePatchDataset(
+            train_vols,
+            int(data_cfg.slice_axis),
+            train_tf,
+            list(read),
+            float(fg_share or 0.0),
+            drop_empty=bool(data_cfg.drop_empty_slices),
+            foreground_ratio=data_cfg.foreground_slice_ratio,
+            seed=int(cfg.seed),
+            context=context,
+        )
+        val_set = SliceDataset(val_vols, int(data_cfg.slice_axis), val_tf, context=context)
+    elif dims == 2:
         train_set = SliceDataset(
             train_vols,
             int(data_cfg.slice_axis),
@@ -115,8 +134,10 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         val_set = SliceDataset(val_vols, int(data_cfg.slice_axis), val_tf, context=context)
     elif data_cfg.patch_size:
         samples = int(data_cfg.samples_per_volume)
-        patch = list(data_cfg.patch_size)
-        train_set = PatchDataset(train_vols, patch, samples, float(data_cfg.pos_neg_ratio), train_tf)
+        pos_neg = float(data_cfg.pos_neg_ratio)
+        if fg_share is not None:  # data.fg_oversample: that share of patch centres on foreground
+            pos_neg = float(fg_share) / (1.0 - float(fg_share)) if float(fg_share) < 1 else 1e12
+        train_set = PatchDataset(train_vols, list(read), samples, pos_neg, train_tf)
         val_set = VolumeDataset(val_vols, val_tf)
     else:
         train_set, val_set = VolumeDataset(train_vols, train_tf), VolumeDataset(val_vols, val_tf)
@@ -132,6 +153,9 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         n_val_items=len(val_set),
         mask_values=list(layout_value(data_cfg, "mask_values") or []) or None,
     )
+    train_set.batch_augment = augment  # make_loader (and loaders rebuilt from train_set) augment batches with it
+    if augment is not None and data_cfg.patch_size and list(read) != list(data_cfg.patch_size):
+        train_set.read_sizes = (list(data_cfg.patch_size), list(read))  # the larger region only where resampled
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError("the train or validation split has no items; add cases or change data.val_percent")
     loader_kwargs = loader_settings(hw)
@@ -150,6 +174,28 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
         in_channels,
     )
     return DataBundle(train_loader, val_loader, info, train_set, val_set, val_vols, loader_kwargs)
+
+
+def batch_augment_for(cfg: Any) -> Any:
+    """The batched augmentation of data.augment (None when it runs per item), on the training device
+    when that is a GPU and data.augment.device=auto, else in the loader workers."""
+    from medseg.data.batch_augment import BatchAugment, settings_from
+    from medseg.data.transforms import uses_batch_augment
+
+    data_cfg = cfg.data
+    if not uses_batch_augment(data_cfg):
+        return None
+    aug, dims = data_cfg.augment, int(data_cfg.dims)
+    where = str(aug.get("device", "auto"))
+    if where not in ("auto", "cpu"):
+        raise ConfigError(f"data.augment.device={where!r} must be auto or cpu")
+    device = "cpu"
+    if where == "auto" and torch.cuda.is_available():
+        from medseg.runtime import select_device
+
+        device = str(select_device(str(cfg.hardware.device)))
+    patch = list(data_cfg.patch_size) if data_cfg.patch_size else None
+    return BatchAugment(settings_from(aug, dims, patch), dims, patch, device)
 
 
 def read_checked_cases(cfg: Any) -> Any:
@@ -209,6 +255,16 @@ def check_geometry_settings(data_cfg: Any) -> None:
                 f"data.patch_size={patch} is not divisible by data.pad_divisible={k} (the model's down-sampling); "
                 f"use e.g. data.patch_size={fixed}"
             )
+    if dims == 2 and data_cfg.patch_size:
+        patch = [int(p) for p in data_cfg.patch_size]
+        if len(patch) != 2:
+            raise ConfigError(f"data.patch_size={patch} must have 2 sizes [H, W] for data.dims=2")
+        if any(p % k for p in patch):
+            fixed = [max(k, round(p / k) * k) for p in patch]
+            raise ConfigError(
+                f"data.patch_size={patch} is not divisible by data.pad_divisible={k} (the model's down-sampling); "
+                f"use e.g. data.patch_size={fixed}"
+            )
     if data_cfg.spacing and len(data_cfg.spacing) != 3:
         raise ConfigError(f"data.spacing={list(data_cfg.spacing)} must have 3 values (mm), for 3D volumes")
 
@@ -253,17 +309,39 @@ def make_loader(
     """
     from monai.data import list_data_collate
 
+    from medseg.data.batch_augment import AugmentingCollate
+
     sampler = EpochSampler(dataset, shuffle, int(seed), world_size, rank)
-    return DataLoader(
+    augment = getattr(dataset, "batch_augment", None)
+    collate: Any = list_data_collate
+    loader_class: Any = DataLoader
+    if augment is not None and augment.device.type == "cpu":
+        collate = AugmentingCollate(augment)  # in the loader workers, after collation
+    elif augment is not None:  # on the GPU, in this process; the workers hand over unstacked read regions
+        collate = AugmentingCollate(None)
+        loader_class = functools.partial(DeviceAugmentLoader, augment=augment)
+    return loader_class(
         SeededItems(dataset, int(seed), rank),
         batch_size=batch_size,
         sampler=sampler,
         generator=torch.Generator().manual_seed(int(seed)),  # base seeds of the workers' global RNGs
         worker_init_fn=functools.partial(seed_worker, rank=rank),
-        collate_fn=list_data_collate,
+        collate_fn=collate,
         drop_last=False,
         **kwargs,
     )
+
+
+class DeviceAugmentLoader(DataLoader):
+    """A DataLoader whose batches are moved to the augmentation's device (a GPU) and augmented there."""
+
+    def __init__(self, *args: Any, augment: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.augment = augment
+
+    def __iter__(self) -> Any:
+        for batch in super().__iter__():
+            yield self.augment(batch)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -314,11 +392,17 @@ class SeededItems(torch.utils.data.Dataset):
             transform.set_random_state(seed=int(state))
         if hasattr(self.dataset, "seed_item"):  # e.g. 3D patch centres
             self.dataset.seed_item(int(state))
+        extra: dict[str, Any] = {"seed": int(state) & 0x7FFFFFFF}  # seeds batched augmentation
+        augment = getattr(self.dataset, "batch_augment", None)
+        if augment is not None:  # whether batched augmentation rotates / scales this item, drawn now
+            extra["spatial"] = torch.tensor(augment.draw_spatial(int(state)))
+            if getattr(self.dataset, "read_sizes", None):
+                self.dataset.set_read_large(bool(extra["spatial"].any()))
         item = self.dataset[index]
         tag = -1 if repeat else index
         if isinstance(item, list):  # several patches per index
-            return [{**part, "index": tag} for part in item]
-        return {**item, "index": tag}
+            return [{**part, "index": tag, **extra, "seed": extra["seed"] + j} for j, part in enumerate(item)]
+        return {**item, "index": tag, **extra}
 
 
 def seed_worker(worker_id: int, rank: int = 0) -> None:

@@ -284,6 +284,13 @@ class PatchDataset(Dataset):
         """Seed the patch-centre draws of the next item."""
         self._rng.manual_seed(int(seed))
 
+    read_sizes: tuple[list[int], list[int]] | None = None  # (patch, larger region) with batched augmentation
+
+    def set_read_large(self, large: bool) -> None:
+        """Batched augmentation: the next item reads the larger region only when it will be resampled."""
+        if self.read_sizes:
+            self.patch = list(self.read_sizes[int(large)])
+
     @property
     def case_ids(self) -> list[str]:
         return self.volumes.case_ids

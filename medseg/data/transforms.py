@@ -287,8 +287,9 @@ def item_transforms(data_cfg: Any, train: bool) -> Any:
     keys = list(KEYS)
     chain: list = [T.DivisiblePadd(keys=keys, k=int(data_cfg.pad_divisible))]
     aug = data_cfg.augment
-    if train and aug.enabled:
+    if train and aug.enabled and not uses_batch_augment(data_cfg):
         spatial_axes = [0, 1] if data_cfg.dims == 2 else [0, 1, 2]
+        chain += nnunet_item_transforms(aug, int(data_cfg.dims), data_cfg.patch_size)
         if aug.flip_prob > 0:
             chain += [T.RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=a) for a in spatial_axes]
         if aug.rotate90_prob > 0:
@@ -312,6 +313,70 @@ def item_transforms(data_cfg: Any, train: bool) -> Any:
         if aug.noise_prob > 0:
             chain.append(T.RandGaussianNoised(keys="image", prob=aug.noise_prob, std=aug.noise_std))
     return T.Compose(chain)
+
+
+def uses_batch_augment(data_cfg: Any) -> bool:
+    """data.augment.batched: the training augmentation runs on whole batches (medseg/data/batch_augment.py)."""
+    aug = data_cfg.augment
+    return bool(aug.enabled) and bool(aug.get("batched", False))
+
+
+def nnunet_item_transforms(aug: Any, dims: int, patch: Any = None) -> list:
+    """nnU-Net's augmentation (data.augment's rotation_prob ... gamma keys) as per-item MONAI transforms,
+    in nnU-Net's order; mirroring is the flips of item_transforms. Rotation and scaling are one
+    RandAffined (one resampling) drawn with the chance that either applies; MONAI draws both then."""
+    import math
+
+    from monai import transforms as T
+
+    from medseg.data.batch_augment import rotation_degrees
+
+    chain: list = []
+    p_rot, p_scale = float(aug.get("rotation_prob", 0.0)), float(aug.get("scaling_prob", 0.0))
+    if p_rot > 0 or p_scale > 0:
+        angle = math.radians(rotation_degrees(aug, dims, patch)) if p_rot > 0 else 0.0
+        lo, hi = (float(v) for v in aug.scaling) if p_scale > 0 else (1.0, 1.0)
+        chain.append(
+            T.RandAffined(
+                keys=list(KEYS),
+                prob=1 - (1 - p_rot) * (1 - p_scale),
+                rotate_range=[(-angle, angle)] * (1 if dims == 2 else 3),
+                scale_range=[(lo - 1, hi - 1)] * dims,
+                mode=["bilinear", "nearest"],
+                padding_mode="zeros",
+            )
+        )
+    if aug.get("noise_prob", 0) > 0:
+        chain.append(T.RandGaussianNoised(keys="image", prob=float(aug.noise_prob), std=float(aug.noise_std)))
+    if aug.get("blur_prob", 0) > 0:
+        sigma = tuple(float(v) for v in aug.blur_sigma)
+        smooth = T.RandGaussianSmoothd(keys="image", sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=aug.blur_prob)
+        chain.append(smooth)
+    if aug.get("brightness_prob", 0) > 0:
+        lo, hi = (float(v) for v in aug.brightness)
+        chain.append(T.RandScaleIntensityd(keys="image", factors=(lo - 1, hi - 1), prob=float(aug.brightness_prob)))
+    if aug.get("contrast_prob", 0) > 0:
+        lo, hi = (float(v) for v in aug.contrast)
+        chain.append(
+            T.RandScaleIntensityFixedMeand(
+                keys="image", factors=(lo - 1, hi - 1), preserve_range=True, prob=float(aug.contrast_prob)
+            )
+        )
+    if aug.get("lowres_prob", 0) > 0:
+        zoom = tuple(float(v) for v in aug.lowres_zoom)
+        up = "bilinear" if dims == 2 else "trilinear"
+        chain.append(
+            T.RandSimulateLowResolutiond(keys="image", prob=float(aug.lowres_prob), zoom_range=zoom, upsample_mode=up)
+        )
+    gamma = tuple(float(v) for v in aug.get("gamma", (0.7, 1.5)))
+    for key, invert in (("gamma_invert_prob", True), ("gamma_prob", False)):
+        if aug.get(key, 0) > 0:
+            chain.append(
+                T.RandAdjustContrastd(
+                    keys="image", prob=float(aug[key]), gamma=gamma, invert_image=invert, retain_stats=True
+                )
+            )
+    return chain
 
 
 def _float32() -> Any:

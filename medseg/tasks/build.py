@@ -14,9 +14,13 @@ log = logging.getLogger(__name__)
 
 
 def build_loss(loss_cfg: Any) -> Any:
+    """trainer.loss without its `deep_supervision` key (read by build_train_loss)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
+    if OmegaConf.is_dict(loss_cfg) and "deep_supervision" in loss_cfg:
+        loss_cfg = OmegaConf.masked_copy(loss_cfg, [k for k in loss_cfg if k != "deep_supervision"])
     try:
         return instantiate(loss_cfg)
     except InstantiationException as exc:
@@ -25,15 +29,16 @@ def build_loss(loss_cfg: Any) -> Any:
 
 
 def build_train_loss(loss_cfg: Any, model: torch.nn.Module) -> Any:
-    """trainer.loss; for a deeply supervised model (training forward returns a list of logits) it is
-    wrapped in MONAI's DeepSupervisionLoss, which weights the deeper outputs less."""
-    loss = build_loss(loss_cfg)
-    if getattr(model, "deep_supervision", False):
-        from medseg.models.planned import DeepSupervisionLoss  # MONAI's, for heads at their own resolution too
+    """trainer.loss over every head of the model's output: a deeply supervised model's training forward
+    (DynUNet's stacked (B, heads, C, ...) or a list) is weighted per trainer.loss.deep_supervision
+    (nnunet: 1/2^i, lowest-resolution head dropped, normalised); a plain output goes to the loss as it is."""
+    from medseg.losses.deep_supervision import DeepSupervised
 
-        log.info("deep supervision: %s wrapped in DeepSupervisionLoss", type(loss).__name__)
-        return DeepSupervisionLoss(loss, weight_mode="exp")
-    return loss
+    loss = build_loss(loss_cfg)
+    mode = str(loss_cfg.get("deep_supervision", "nnunet") or "nnunet")
+    if getattr(model, "deep_supervision", False):
+        log.info("deep supervision: %s over every head, %s weights", type(loss).__name__, mode)
+    return DeepSupervised(loss, mode)
 
 
 def build_optimizer(opt_cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -38,7 +38,7 @@ from medseg.inference.scores_summary import log_summary, summarise, write_result
 from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
 from medseg.tasks.predict import write_overlay
-from medseg.tasks.restore import restore_model
+from medseg.tasks.restore import mirroring_at_test_time, restore_model
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def run_evaluate(cfg: DictConfig) -> float | None:
         data_cfg,
         device,
         resolve_precision(tcfg.trainer.precision, device),
-        tta=bool(cfg.predict.tta),
+        tta=mirroring_at_test_time(cfg.predict.tta, restored),
         overlap=float(cfg.predict.overlap),
         batch_size=int(cfg.predict.batch_size),
         num_classes=k,

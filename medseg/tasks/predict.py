@@ -29,7 +29,7 @@ from medseg.inference.image_io import overlay_png, read_geometry, representative
 from medseg.inference.predictor import VolumePredictor, context_slices
 from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
-from medseg.tasks.restore import restore_model
+from medseg.tasks.restore import mirroring_at_test_time, restore_model
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def run_predict(cfg: DictConfig) -> None:
         data_cfg,
         device,
         resolve_precision(restored.cfg.trainer.precision, device),
-        tta=bool(pcfg.tta),
+        tta=mirroring_at_test_time(pcfg.tta, restored),
         overlap=float(pcfg.overlap),
         batch_size=int(pcfg.batch_size),
         num_classes=restored.num_classes,

@@ -52,6 +52,16 @@ def restore_model(path: str | None, device: torch.device) -> Restored:
     return Restored(model, train_cfg, class_names, in_channels, num_classes, ckpt)
 
 
+def mirroring_at_test_time(tta: Any, restored: Restored) -> bool:
+    """predict.tta, or when null the training run's choice (data.augment.test_time_mirroring: the
+    nnU-Net recipe mirrors at test time)."""
+    if tta is not None:
+        return bool(tta)
+    from omegaconf import OmegaConf
+
+    return bool(OmegaConf.select(restored.cfg, "data.augment.test_time_mirroring", default=False))
+
+
 def checkpoint_sizes(ckpt: dict[str, Any], source: str) -> tuple[int, int, int]:
     """(in_channels, num_classes, dims) of the stored dataset facts, range-checked like config values."""
     info = ckpt.get("dataset")

@@ -1,0 +1,1 @@
+"""Training losses built around MONAI's (deep supervision)."""

@@ -1,0 +1,126 @@
+"""augment=nnunet: batched augmentation after collation, its operations against MONAI and by hand, and
+the per-item MONAI chain of the same keys."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medseg.data.batch_augment import BatchAugment, gamma, gaussian_blur, read_size, resample, settings_from
+from medseg.data.datamodule import build_data
+
+PATCH_2D = ["data.patch_size=[32,32]", "data.synthetic.shape=[48,48,8]", "data.batch_size=6"]
+
+
+def _epoch(loader, epoch: int = 0) -> list[dict]:
+    loader.sampler.set_epoch(epoch)
+    return [{k: v.clone() for k, v in b.items() if k in ("image", "label", "index")} for b in loader]
+
+
+def test_batched_nnunet_augmentation_is_the_same_with_zero_or_two_workers(compose):
+    cfg0 = compose("recipe=nnunet", *PATCH_2D, "hardware.num_workers=0")
+    cfg2 = compose("recipe=nnunet", *PATCH_2D, "hardware.num_workers=2")
+    plain = compose("recipe=nnunet", *PATCH_2D, "data.augment.enabled=false")
+    d0, d2, dp = build_data(cfg0), build_data(cfg2), build_data(plain)
+    assert d0.train_set.batch_augment is not None and dp.train_set.batch_augment is None
+    a, b, ref = _epoch(d0.train_loader), _epoch(d2.train_loader), _epoch(dp.train_loader)
+    assert len(a) == len(b) == len(ref) > 1
+    changed = 0
+    for x, y, r in zip(a, b, ref):
+        assert x["image"].shape[2:] == (32, 32) and x["label"].shape[2:] == (32, 32)
+        assert torch.equal(x["index"], y["index"]) and torch.equal(x["index"], r["index"])
+        assert torch.allclose(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        assert set(x["label"].unique().tolist()) <= set(range(4))  # labels stay class indices
+        changed += int(not torch.allclose(x["image"], r["image"]))
+    assert changed > 0
+    again = _epoch(d2.train_loader, 1)
+    assert not all(torch.allclose(x["image"], y["image"]) for x, y in zip(a, again))  # a new draw each epoch
+
+
+def test_read_region_is_larger_by_nnunets_rule_and_centre_crops_when_nothing_moves():
+    s = settings_from({"rotation_prob": 0.2, "scaling_prob": 0.2}, 2, [224, 224])
+    # nnU-Net v2.8.1's initial patch sizes for these patches (get_patch_size, printed by its venv)
+    assert s.rotation_deg == 180 and read_size([224, 224], s) == [263, 263]
+    s3 = settings_from({"rotation_prob": 0.2, "scaling_prob": 0.2}, 3, [96, 128, 128])
+    assert s3.rotation_deg == 30 and read_size([96, 128, 128], s3) == [173, 205, 186]
+    image = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 1, 10, 10)
+    out = BatchAugment(settings_from({}, 2), 2, [6, 6])({"image": image, "label": image.long(), "seed": [1, 2]})
+    assert torch.equal(out["image"], image[:, :, 2:8, 2:8]) and torch.equal(out["label"], image[:, :, 2:8, 2:8].long())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_resampling_rotates_by_90_degrees_like_rot90(dims):
+    torch.manual_seed(0)
+    shape = (8,) * dims
+    image, label = torch.rand(1, 1, *shape), torch.randint(0, 4, (1, 1, *shape))
+    c, s = 0.0, 1.0
+    rot = torch.tensor([[c, -s], [s, c]]) if dims == 2 else torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    out_i, out_l = resample(image, label, rot[None], shape)
+    # theta's x, y are the last two tensor axes: a quarter turn of (x, y) is rot90 over those axes
+    expected = [torch.rot90(t, k, dims=(-1, -2)) for t in (image, label) for k in (1,)]
+    if not torch.equal(out_l, expected[1]):
+        expected = [torch.rot90(t, 1, dims=(-2, -1)) for t in (image, label)]
+    assert torch.equal(out_l, expected[1])
+    assert torch.allclose(out_i, expected[0], atol=1e-5)
+
+
+def test_gamma_matches_monai_adjust_contrast_with_kept_statistics():
+    from monai.transforms import AdjustContrast
+
+    torch.manual_seed(1)
+    x = torch.rand(1, 1, 12, 12) * 3 - 1
+    for g, invert in ((0.7, False), (1.4, False), (1.2, True)):
+        ours = gamma(x.clone(), torch.tensor([[g]]), invert)
+        theirs = AdjustContrast(g, invert_image=invert, retain_stats=True)(x[0].clone())
+        assert torch.allclose(ours[0], torch.as_tensor(theirs), atol=1e-4), (g, invert)
+
+
+def test_blur_matches_a_gaussian_kernel_written_out():
+    torch.manual_seed(2)
+    x = torch.rand(2, 1, 16, 16)
+    sigma = torch.tensor([[0.6, 0.9], [1.0, 0.5]])
+    out = gaussian_blur(x, sigma)
+    for i in range(2):  # interior voxel (8, 8), kernel radius 3
+        r = torch.arange(-3, 4, dtype=torch.float32)
+        ky = torch.exp(-0.5 * (r / sigma[i, 0]) ** 2)
+        kx = torch.exp(-0.5 * (r / sigma[i, 1]) ** 2)
+        k = torch.outer(ky / ky.sum(), kx / kx.sum())
+        assert float(out[i, 0, 8, 8]) == pytest.approx(float((x[i, 0, 5:12, 5:12] * k).sum()), abs=1e-5)
+
+
+def test_per_item_monai_chain_of_the_same_keys(compose):
+    from monai import transforms as T
+
+    from medseg.data.transforms import item_transforms
+
+    cfg = compose("recipe=nnunet", "data.augment.batched=false", *PATCH_2D)
+    chain = item_transforms(cfg.data, train=True)
+    kinds = [type(t) for t in chain.transforms]
+    for kind in (
+        T.RandAffined,
+        T.RandGaussianNoised,
+        T.RandGaussianSmoothd,
+        T.RandScaleIntensityd,
+        T.RandScaleIntensityFixedMeand,
+        T.RandSimulateLowResolutiond,
+        T.RandAdjustContrastd,
+        T.RandFlipd,
+    ):
+        assert kind in kinds, kind
+    affine = next(t for t in chain.transforms if isinstance(t, T.RandAffined))
+    assert affine.prob == pytest.approx(1 - 0.8 * 0.8)  # rotation or scaling: one resampling
+    data = build_data(cfg)
+    batch = next(iter(data.train_loader))
+    assert batch["image"].shape[2:] == (32, 32)
+    assert math.isfinite(float(batch["image"].sum()))
+    assert data.train_set.batch_augment is None
+
+
+def test_a_mirrored_axis_is_a_sign_in_the_sampling_matrix():
+    torch.manual_seed(3)
+    image, label = torch.rand(1, 1, 6, 8, 10), torch.randint(0, 4, (1, 1, 6, 8, 10))
+    # affine_grid's coordinates run x, y, z = tensor axes -1, -2, -3: -1 on the first flips the last axis
+    out_i, out_l = resample(image, label, torch.diag(torch.tensor([-1.0, 1.0, 1.0]))[None], (6, 8, 10))
+    assert torch.equal(out_l, label.flip(-1)) and torch.allclose(out_i, image.flip(-1), atol=1e-6)
