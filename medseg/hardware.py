@@ -116,8 +116,6 @@ def resolve_auto_hardware(
     if not path.is_file():
         raise ConfigError(f"hardware=auto chose {name} but {path} is missing; restore the preset or pick hardware=...")
     preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    from medseg.planning.apply import plan_keys
-
     user_keys = command_line_keys(overrides) | experiment_keys(experiment) | plan_keys(cfg)  # plan=auto's keys stay
     kept = []
     for key, value in _flatten(preset):
@@ -352,3 +350,14 @@ def probe_and_rebuild(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, devi
     if found is None or found[0] == before:
         return data.train_loader
     return make_loader(data.train_set, found[0], True, data.loader_kwargs, int(cfg.seed))
+
+
+def plan_keys(cfg: Any) -> set[str]:
+    """The keys plan=auto sets (conf/plan/auto.yaml), when the run is planned: hardware=auto keeps them."""
+    if str(OmegaConf.select(cfg, "plan.name", default="none")) != "auto":
+        return set()
+    from medseg.runtime import conf_dir
+
+    auto = OmegaConf.to_container(OmegaConf.load(conf_dir() / "plan" / "auto.yaml"), resolve=False)
+    auto.pop("defaults", None)
+    return {key for key, _ in _flatten(auto)}

@@ -100,7 +100,7 @@ def test_each_layout_has_the_shared_keys_and_only_its_own(compose, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_layouts_schema_defaults_are_its_yaml_values(layout):
     """A restored checkpoint and evaluate build a layout's data config from its schema: it must say what
-    conf/data/base.yaml + conf/data/<layout>.yaml say."""
+    conf/data/base.yaml + conf/data/<layout>.yaml (and data.augment's default, conf/augment/flips.yaml) say."""
     from medseg.config.schema import LAYOUT_SCHEMAS
 
     schema = OmegaConf.to_container(OmegaConf.structured(LAYOUT_SCHEMAS[layout]))
@@ -108,6 +108,7 @@ def test_a_layouts_schema_defaults_are_its_yaml_values(layout):
     own = OmegaConf.load(CONF / "data" / f"{layout}.yaml")
     assert [str(d) for d in own.pop("defaults")] == [f"/medseg_data_{layout}@_here_", "base", "_self_"]
     yaml_values = OmegaConf.to_container(OmegaConf.merge(base, own))
+    yaml_values["augment"] = OmegaConf.to_container(OmegaConf.load(CONF / "augment" / "flips.yaml"))  # its group
     assert set(yaml_values) == set(schema), "every key of the schema has its default and comment in conf/data"
 
     def leaves(node, prefix=""):

@@ -378,16 +378,3 @@ class MedsegConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     crossval: CrossvalConfig = field(default_factory=CrossvalConfig)
-
-
-def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore; call before composing (run.py and tests do)."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    store.store(name="medseg_schema", node=MedsegConfig)
-    for layout, schema in LAYOUT_SCHEMAS.items():
-        store.store(name=f"medseg_data_{layout}", node=schema)
-    from medseg.config.resolvers import register_resolvers
-
-    register_resolvers()

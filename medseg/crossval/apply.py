@@ -160,17 +160,17 @@ def _preprocessing(cfg: Any) -> Any:
 def run_predict_crossval(cfg: DictConfig, source: Path) -> None:
     from medseg.data.transforms import volume_transforms
     from medseg.inference.image_io import collect_inputs, read_geometry, save_mask, stem_of, suffix_of
+    from medseg.inference.predict_io import ensure_writable, load_input, progress, raw_image, write_overlay
     from medseg.runtime import run_dir, select_device
-    from medseg.tasks.predict import _ensure_writable, _progress, _raw_image, load_input, write_overlay
 
     pcfg = cfg.predict
     files = collect_inputs(pcfg.input)
     ensemble = load_ensemble(source, select_device(cfg.hardware.device), pcfg)
     out_dir = Path(str(pcfg.output_dir)).expanduser() if pcfg.output_dir else run_dir(cfg) / "predictions"
-    _ensure_writable(out_dir)
+    ensure_writable(out_dir)
     chains = [volume_transforms(m.data_cfg, with_label=False) for m in ensemble.members]
     written = 0
-    for path in _progress(files):
+    for path in progress(files):
         geom = read_geometry(path)
         images = [load_input(path, chain, m.channels)[0] for m, chain in zip(ensemble.members, chains)]
         labels = ensemble.labels(images, geom.shape, float(pcfg.threshold))
@@ -180,7 +180,7 @@ def run_predict_crossval(cfg: DictConfig, source: Path) -> None:
             save_mask(out_dir / f"{name}{ext}", labels, geom, ensemble.mask_values)
             written += 1
         if pcfg.viz:
-            write_overlay(out_dir / f"{name}_overlay.png", _raw_image(path), labels, None, ensemble.axis)
+            write_overlay(out_dir / f"{name}_overlay.png", raw_image(path), labels, None, ensemble.axis)
     log.info("predicted %d file(s) with the crossval ensemble; %d mask(s) written to %s", len(files), written, out_dir)
 
 

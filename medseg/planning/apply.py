@@ -200,7 +200,7 @@ def apply_default_plan(cfg: DictConfig, overrides: Any = None) -> str:
     name = str(OmegaConf.select(cfg, "plan.name", default="none"))
     if name != "default":
         return name
-    if str(cfg.data.layout) not in PLAN_BY_DEFAULT or _chosen_experiment():
+    if str(OmegaConf.select(cfg, "data.layout", default="")) not in PLAN_BY_DEFAULT or _chosen_experiment():
         OmegaConf.update(cfg, "plan.name", "none", merge=False)  # an experiment= recipe is its own plan
         return "none"
     from medseg.hardware import _flatten, command_line_keys
@@ -292,15 +292,3 @@ def write_plan_json(cfg: Any, path: Any) -> None:
     from medseg.io_utils import write_text
 
     write_text(path, json.dumps(plan_document(cfg), indent=1))
-
-
-def plan_keys(cfg: Any) -> set[str]:
-    """The keys plan=auto sets (conf/plan/auto.yaml), when the run is planned: hardware=auto keeps them."""
-    if str(OmegaConf.select(cfg, "plan.name", default="none")) != "auto":
-        return set()
-    from medseg.hardware import _flatten
-    from medseg.runtime import conf_dir
-
-    auto = OmegaConf.to_container(OmegaConf.load(conf_dir() / "plan" / "auto.yaml"), resolve=False)
-    auto.pop("defaults", None)
-    return {key for key, _ in _flatten(auto)}

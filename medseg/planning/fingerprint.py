@@ -37,7 +37,7 @@ def fingerprint_path(cfg: Any, cases: list[dict[str, Any]], root: Any) -> Path:
     """Where the fingerprint of these cases is kept: beside the case store, keyed by source and files."""
     from omegaconf import OmegaConf
 
-    from medseg.data.store import fingerprint as file_stats
+    from medseg.data.store import source_identity as file_stats
     from medseg.data.store import store_dir
 
     data = cfg.data

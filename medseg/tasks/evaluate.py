@@ -33,11 +33,11 @@ from medseg.config.stored import data_for_run
 from medseg.data.transforms import label_transforms, volume_transforms
 from medseg.inference.case_metrics import class_scores
 from medseg.inference.labelled_cases import evaluation_cases, load_case, load_stored_case
+from medseg.inference.predict_io import write_overlay
 from medseg.inference.predictor import VolumePredictor, context_slices
 from medseg.inference.scores_summary import log_summary, summarise, write_results
 from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
-from medseg.tasks.predict import write_overlay
 from medseg.tasks.restore import mirroring_at_test_time, restore_model
 
 log = logging.getLogger(__name__)

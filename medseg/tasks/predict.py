@@ -7,25 +7,16 @@ predict.threshold applies to two-class models, exactly as in mode=evaluate.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 
 import medseg
-from medseg.data.datasets import plain
 from medseg.data.transforms import volume_transforms
 from medseg.deploy.outputs import write_case
-from medseg.dicom.cases import Case, check_output_format, collect_cases, trained_modalities
-from medseg.errors import DataError, MedsegError
-from medseg.inference.image_io import overlay_png, read_geometry, representative_slice
+from medseg.dicom.cases import check_output_format, collect_cases, trained_modalities
+from medseg.inference.predict_io import ensure_writable, image_file, load_input, progress, raw_image, write_overlay
 from medseg.inference.predictor import VolumePredictor, context_slices
 from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
@@ -48,7 +39,7 @@ def run_predict(cfg: DictConfig) -> None:
     device = select_device(cfg.hardware.device)
     restored = restore_model(cfg.ckpt, device)
     out_dir = Path(str(pcfg.output_dir)).expanduser() if pcfg.output_dir else run_dir(cfg) / "predictions"
-    _ensure_writable(out_dir)
+    ensure_writable(out_dir)
     data_cfg = restored.cfg.data
     predictor = VolumePredictor(
         restored.model,
@@ -65,7 +56,7 @@ def run_predict(cfg: DictConfig) -> None:
     values = restored.ckpt.get("mask_values")
     written = 0
     modalities = trained_modalities(str(data_cfg.intensity.preset), cfg.export.modalities)
-    for case in _progress(files):
+    for case in progress(files):
         with image_file(case, modalities) as (path, volume):
             image, geom = load_input(path, chain, channels)
             labels = predictor.labels(image, geom.shape, float(pcfg.threshold)).numpy()
@@ -75,74 +66,6 @@ def run_predict(cfg: DictConfig) -> None:
                 write_case(out_dir, case, labels, geom, fmt, names, values, volume, medseg.__version__)
                 written += 1
             if pcfg.viz:
-                raw = _raw_image(path)
+                raw = raw_image(path)
                 write_overlay(out_dir / f"{name}_overlay.png", raw, labels, None, int(data_cfg.slice_axis))
     log.info("predicted %d file(s); %d mask(s) written to %s", len(files), written, out_dir)
-
-
-@contextlib.contextmanager
-def image_file(case: Case, modalities: list[str]) -> Iterator[tuple[Path, Any]]:
-    """The case as an image file: its own file, or a DICOM series as a temporary NIfTI with the series'
-    affine (read by medseg/dicom/series.py), with the series' volume."""
-    if case.series is None:
-        assert case.path is not None
-        yield case.path, None
-        return
-    import nibabel as nib
-
-    from medseg.dicom.series import read_volume
-
-    volume = read_volume(case.series, modalities)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{case.name}.nii.gz"
-        nib.save(nib.Nifti1Image(volume.array, volume.affine), str(path))
-        yield path, volume
-
-
-def load_input(path: Path, chain: Any, in_channels: int) -> tuple[Any, Any]:
-    geom = read_geometry(path)
-    try:
-        image = plain(chain({"image": str(path)})["image"])
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path} cannot be read ({type(exc).__name__}); is it a valid image?") from exc
-    if int(image.shape[0]) != in_channels:
-        raise DataError(
-            f"{path} has {image.shape[0]} channel(s) but the model expects {in_channels}; convert the image"
-        )
-    return image, geom
-
-
-def write_overlay(path: Path, raw: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, axis: int) -> None:
-    """Overlay of a 2D image, or of the 3D slice with the most predicted foreground."""
-    if raw.ndim == 3 and pred.ndim == 3:
-        s = representative_slice(truth if truth is not None else pred, axis)
-        raw, pred = np.take(raw, s, axis=axis), np.take(pred, s, axis=axis)
-        truth = np.take(truth, s, axis=axis) if truth is not None else None
-    if raw.ndim == 3:  # colour 2D image (W, H, C): show the mean
-        raw = raw.mean(-1)
-    overlay_png(path, raw.T, pred.T, truth.T if truth is not None else None)
-
-
-def _raw_image(path: Path) -> np.ndarray:
-    from medseg.data.image_loading import load_image
-
-    return np.asarray(load_image(image_only=True)(str(path)))
-
-
-def _ensure_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MedsegError(
-            f"predict.output_dir={folder} cannot be created ({exc.strerror}); choose another folder"
-        ) from exc
-    if not os.access(folder, os.W_OK):
-        raise MedsegError(f"predict.output_dir={folder} is not writable; choose another folder")
-
-
-def _progress(files: list[Path]) -> Any:
-    if not sys.stderr.isatty() or len(files) < 2:
-        return files
-    from tqdm import tqdm
-
-    return tqdm(files, desc="predict", unit="file")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -158,8 +159,10 @@ def slim(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in ("source", "writer")}
 
 
+@functools.cache
 def blosc2_quiet() -> Any:
-    """blosc2, without the thread-count notice its numexpr import logs to every run's console."""
+    """blosc2, without the thread-count notice its numexpr import logs to every run's console (once per
+    process: Logger.setLevel clears every logger's cache, which cost 1 ms per item read)."""
     logging.getLogger("numexpr.utils").setLevel(logging.WARNING)
     import blosc2
 
