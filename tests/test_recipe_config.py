@@ -30,3 +30,21 @@ def test_the_checkpoint_carries_test_time_mirroring_and_predict_tta_overrides_it
         restored = SimpleNamespace(cfg=stored_cfg)
         assert mirroring_at_test_time(None, restored) is stored  # through the stored-config allow-list
         assert mirroring_at_test_time(not stored, restored) is (not stored)
+
+
+def test_every_checkpoint_predictor_mirrors_as_the_training_run_chose(compose):
+    """Predict, evaluate, out-of-fold predictions and crossval ensembles share checkpoint_predictor: with
+    predict.tta=null a recipe checkpoint mirrors at test time in each of them (the fold runs' out-of-fold
+    predictions once read predict.tta as a plain bool and never mirrored)."""
+    import torch
+
+    from medseg.tasks.restore import checkpoint_predictor
+
+    for overrides, stored in ((["recipe=nnunet"], True), ([], False)):
+        cfg = compose(*overrides)
+        stored_cfg = config_from_checkpoint({"config_yaml": OmegaConf.to_yaml(cfg, resolve=True)}, "ckpt")
+        restored = SimpleNamespace(cfg=stored_cfg, model=torch.nn.Identity(), num_classes=4)
+        predictor = checkpoint_predictor(restored, cfg.predict, torch.device("cpu"))
+        assert cfg.predict.tta is None and predictor.tta is stored
+        ensemble = checkpoint_predictor(restored, cfg.predict, torch.device("cpu"), models=[restored.model] * 2)
+        assert ensemble.tta is stored

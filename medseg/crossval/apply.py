@@ -81,9 +81,8 @@ class EnsemblePredictor:
 
 
 def load_ensemble(path: Path, device: torch.device, pcfg: Any) -> EnsemblePredictor:
-    from medseg.inference.predictor import VolumePredictor, context_slices
-    from medseg.precision import resolve_precision
-    from medseg.tasks.restore import restore_model
+    from medseg.inference.predictor import context_slices
+    from medseg.tasks.restore import checkpoint_predictor, restore_model
 
     choice = _read_choice(path)
     members: list[Member] = []
@@ -103,16 +102,7 @@ def load_ensemble(path: Path, device: torch.device, pcfg: Any) -> EnsemblePredic
         elif first.class_names != names:
             raise CheckpointError(f"{path}: configuration {config['name']} predicts other classes than the first")
         data_cfg = first.cfg.data
-        predictor = VolumePredictor(
-            [r.model for r in restored],
-            data_cfg,
-            device,
-            resolve_precision(first.cfg.trainer.precision, device),
-            tta=bool(pcfg.tta),
-            overlap=float(pcfg.overlap),
-            batch_size=int(pcfg.batch_size),
-            num_classes=first.num_classes,
-        )
+        predictor = checkpoint_predictor(first, pcfg, device, models=[r.model for r in restored])
         channels = first.in_channels // (2 * context_slices(data_cfg) + 1)
         members.append(Member(str(config["name"]), data_cfg, predictor, channels, str(first.cfg.trainer.precision)))
     assert names is not None

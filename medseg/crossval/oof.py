@@ -36,9 +36,8 @@ def write_oof(cfg: DictConfig, out: Path, device: torch.device) -> Path | None:
     from medseg.config.stored import data_for_run
     from medseg.data.transforms import label_transforms, volume_transforms
     from medseg.inference.labelled_cases import evaluation_cases, load_case, load_stored_case
-    from medseg.inference.predictor import VolumePredictor, context_slices
-    from medseg.precision import resolve_precision
-    from medseg.tasks.restore import restore_model
+    from medseg.inference.predictor import context_slices
+    from medseg.tasks.restore import checkpoint_predictor, restore_model
 
     ckpt = next((p for p in (out / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
     if ckpt is None:
@@ -54,16 +53,7 @@ def write_oof(cfg: DictConfig, out: Path, device: torch.device) -> Path | None:
         names,
         restored.ckpt.get("val_case_ids"),
     )
-    predictor = VolumePredictor(
-        restored.model,
-        data_cfg,
-        device,
-        resolve_precision(restored.cfg.trainer.precision, device),
-        tta=bool(cfg.predict.tta),
-        overlap=float(cfg.predict.overlap),
-        batch_size=int(cfg.predict.batch_size),
-        num_classes=k,
-    )
+    predictor = checkpoint_predictor(restored, cfg.predict, device, data_cfg)  # mirroring as predict would
     image_chain, label_chain = volume_transforms(data_cfg, with_label=False), label_transforms(data_cfg)
     channels = restored.in_channels // (2 * context_slices(data_cfg) + 1)
     threshold = float(cfg.predict.threshold)

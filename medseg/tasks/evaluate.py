@@ -34,11 +34,10 @@ from medseg.data.transforms import label_transforms, volume_transforms
 from medseg.inference.case_metrics import class_scores
 from medseg.inference.labelled_cases import evaluation_cases, load_case, load_stored_case
 from medseg.inference.predict_io import write_overlay
-from medseg.inference.predictor import VolumePredictor, context_slices
+from medseg.inference.predictor import context_slices
 from medseg.inference.scores_summary import log_summary, summarise, write_results
-from medseg.precision import resolve_precision
 from medseg.runtime import run_dir, select_device
-from medseg.tasks.restore import mirroring_at_test_time, restore_model
+from medseg.tasks.restore import checkpoint_predictor, restore_model
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +64,7 @@ def run_evaluate(cfg: DictConfig) -> float | None:
         names,
         restored.ckpt.get("val_case_ids"),
     )
-    predictor = VolumePredictor(
-        restored.model,
-        data_cfg,
-        device,
-        resolve_precision(tcfg.trainer.precision, device),
-        tta=mirroring_at_test_time(cfg.predict.tta, restored),
-        overlap=float(cfg.predict.overlap),
-        batch_size=int(cfg.predict.batch_size),
-        num_classes=k,
-    )
+    predictor = checkpoint_predictor(restored, cfg.predict, device, data_cfg)
     image_chain, label_chain = volume_transforms(data_cfg, with_label=False), label_transforms(data_cfg)
     channels = restored.in_channels // (2 * context_slices(data_cfg) + 1)
     threshold = float(cfg.predict.threshold)

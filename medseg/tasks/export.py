@@ -31,7 +31,7 @@ from medseg.dicom.cases import trained_modalities
 from medseg.errors import ConfigError, MedsegError
 from medseg.inference.predictor import context_slices
 from medseg.runtime import run_dir
-from medseg.tasks.restore import restore_model
+from medseg.tasks.restore import mirroring_at_test_time, restore_model
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def build_manifest(
         "scale": float(data.scale),
         "image_size": [int(s) for s in data.image_size] if data.image_size else None,
         "intensity": {k: intensity[k] for k in ("preset", "percentiles", "ct_window", "mean", "std") if k in intensity},
-        "tta": bool(cfg.predict.tta),
+        "tta": mirroring_at_test_time(cfg.predict.tta, restored),  # as predict would
         "threshold": float(cfg.predict.threshold),
         "postprocessing": [],
         "modalities": trained_modalities(str(data.intensity.preset), cfg.export.modalities),

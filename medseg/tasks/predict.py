@@ -17,10 +17,9 @@ from medseg.data.transforms import volume_transforms
 from medseg.deploy.outputs import write_case
 from medseg.dicom.cases import check_output_format, collect_cases, trained_modalities
 from medseg.inference.predict_io import ensure_writable, image_file, load_input, progress, raw_image, write_overlay
-from medseg.inference.predictor import VolumePredictor, context_slices
-from medseg.precision import resolve_precision
+from medseg.inference.predictor import context_slices
 from medseg.runtime import run_dir, select_device
-from medseg.tasks.restore import mirroring_at_test_time, restore_model
+from medseg.tasks.restore import checkpoint_predictor, restore_model
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +40,7 @@ def run_predict(cfg: DictConfig) -> None:
     out_dir = Path(str(pcfg.output_dir)).expanduser() if pcfg.output_dir else run_dir(cfg) / "predictions"
     ensure_writable(out_dir)
     data_cfg = restored.cfg.data
-    predictor = VolumePredictor(
-        restored.model,
-        data_cfg,
-        device,
-        resolve_precision(restored.cfg.trainer.precision, device),
-        tta=mirroring_at_test_time(pcfg.tta, restored),
-        overlap=float(pcfg.overlap),
-        batch_size=int(pcfg.batch_size),
-        num_classes=restored.num_classes,
-    )
+    predictor = checkpoint_predictor(restored, pcfg, device, data_cfg)
     chain = volume_transforms(data_cfg, with_label=False)
     channels = restored.in_channels // (2 * context_slices(data_cfg) + 1)
     values = restored.ckpt.get("mask_values")

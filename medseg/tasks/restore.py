@@ -62,6 +62,28 @@ def mirroring_at_test_time(tta: Any, restored: Restored) -> bool:
     return bool(OmegaConf.select(restored.cfg, "data.augment.test_time_mirroring", default=False))
 
 
+def checkpoint_predictor(
+    restored: Restored, predict_cfg: Any, device: torch.device, data_cfg: Any = None, models: Any = None
+) -> Any:
+    """The streaming VolumePredictor for a restored checkpoint (or `models`, the folds of one configuration
+    that share its preprocessing): its data settings and precision, predict.overlap / batch_size, and
+    test-time mirroring as predict.tta says or, when null, as the training run chose. Predict, evaluate,
+    out-of-fold predictions and crossval ensembles all build it here, so they predict alike."""
+    from medseg.inference.predictor import VolumePredictor
+    from medseg.precision import resolve_precision
+
+    return VolumePredictor(
+        restored.model if models is None else models,
+        restored.cfg.data if data_cfg is None else data_cfg,
+        device,
+        resolve_precision(restored.cfg.trainer.precision, device),
+        tta=mirroring_at_test_time(predict_cfg.tta, restored),
+        overlap=float(predict_cfg.overlap),
+        batch_size=int(predict_cfg.batch_size),
+        num_classes=restored.num_classes,
+    )
+
+
 def checkpoint_sizes(ckpt: dict[str, Any], source: str) -> tuple[int, int, int]:
     """(in_channels, num_classes, dims) of the stored dataset facts, range-checked like config values."""
     info = ckpt.get("dataset")
