@@ -2,7 +2,7 @@
 
 For every preset with hardware.memory_gb, the plain U-Net plan of a TotalSegmentator-shaped CT fingerprint
 (3d_fullres and 2d) is built (PlannedUNet, deep supervision), and a few SGD steps run at the planned batch
-and patch in mixed precision with Dice + cross-entropy under DeepSupervisionLoss, as training does. The
+and patch in mixed precision with Dice + cross-entropy under the training loss's deep supervision, as training does. The
 peak of torch.cuda.max_memory_allocated must stay within the budget. Skipped without CUDA (or a card
 smaller than the budget).
 """
@@ -31,7 +31,8 @@ def test_preset_plan_trains_within_its_budget(preset: str, config: str) -> None:
     from monai.losses import DiceCELoss
 
     from medseg.benchmarks.plan_vs_nnunet import fingerprints
-    from medseg.models.planned import DeepSupervisionLoss, PlannedUNet
+    from medseg.losses.deep_supervision import DeepSupervised
+    from medseg.models.planned import PlannedUNet
     from medseg.planning.planner import make_plan
 
     budget = PRESETS[preset]
@@ -43,7 +44,7 @@ def test_preset_plan_trains_within_its_budget(preset: str, config: str) -> None:
     dims = len(c["patch_size"])
     device = torch.device("cuda")
     model = PlannedUNet(1, classes, dims, c["features_per_stage"], c["strides"], c["kernel_sizes"]).to(device)
-    loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
+    loss_fn = DeepSupervised(DiceCELoss(to_onehot_y=True, softmax=True), "nnunet")  # as training builds it
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
     scaler = torch.amp.GradScaler("cuda")
     model.train()

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from monai import losses
 from monai.networks import nets
 from monai.networks.blocks import UnetBasicBlock, UnetResBlock, UnetUpBlock
 from torch import nn
@@ -30,8 +28,8 @@ RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnU-Net ResEnc pre
 
 class PlannedUNet(BlockCheckpointing, nets.DynUNet):
     """A U-Net of a plan. Train mode with deep supervision returns a list of logits, the full-resolution
-    output first, then each deeper head at its own resolution (as nnU-Net does: MONAI's
-    DeepSupervisionLoss, which the training loss wraps it in, shrinks the target to each head). DynUNet
+    output first, then each deeper head at its own resolution (as nnU-Net does:
+    the training loss (medseg.losses.deep_supervision) shrinks the target to each head). DynUNet
     itself would upsample every head to full size and stack them, which for many classes costs more memory
     than the whole network (TotalSegmentator, 118 classes: 4 heads x 118 x 112 x 112 x 128 floats per
     sample). Eval mode returns the main output."""
@@ -145,15 +143,3 @@ class PlannedUNet(BlockCheckpointing, nets.DynUNet):
         if self.training and self.deep_supervision:
             return [out, *self.heads]  # the skip layers filled self.heads on the way up
         return out
-
-
-class DeepSupervisionLoss(losses.DeepSupervisionLoss):
-    """MONAI's DeepSupervisionLoss for heads at their own resolution: the label map is shrunk to each head
-    by nearest neighbour as a float (MONAI interpolates the target as given, and PyTorch has no nearest
-    interpolation of integer tensors; class indices survive the float round trip exactly)."""
-
-    def get_loss(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if input.shape[2:] != target.shape[2:]:
-            shrunk = F.interpolate(target.float(), size=input.shape[2:], mode=self.interp_mode)
-            target = shrunk.to(target.dtype)
-        return self.loss(input, target)
