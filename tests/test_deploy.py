@@ -142,6 +142,48 @@ def test_slab_wise_onnx_sliding_window_equals_one_pass(exported, scan, tmp_path)
     assert np.array_equal(predictor.labels(image, geom.shape), whole)
 
 
+def test_the_graph_ends_at_logits_and_threads_do_not_change_labels(exported, scan):
+    """The numpy softmax, resizing and argmax cut into parts per thread give the labels of one thread; the
+    graph holds no Softmax (onnxruntime's over the class axis cost most of a 118-class forward)."""
+    import onnx
+
+    from medseg.deploy.preprocess import prepare
+    from medseg.deploy.runner import open_export, read_case
+    from medseg.dicom.cases import collect_cases
+
+    for name in ("2d", "3d"):
+        folder = exported[name][1]
+        assert json.loads((folder / "manifest.json").read_text())["output"] == "logits"
+        assert "Softmax" not in {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+        one, three = open_export(folder, threads=1), open_export(folder, threads=3)
+        image, geom, _ = read_case(collect_cases(str(scan))[0], one.manifest)
+        image = prepare(image, one.manifest)
+        assert one.predictor().threads == 1 and three.predictor().threads == 3
+        assert np.array_equal(
+            three.predictor(tta=True).labels(image, geom.shape), one.predictor(tta=True).labels(image, geom.shape)
+        )
+
+
+def test_an_export_whose_graph_ends_in_softmax_still_predicts_alike(exported, scan, tmp_path):
+    """Exports written before the graph ended at the logits say output "probabilities"; they still load."""
+    import onnx
+    from onnx import helper
+
+    from medseg.deploy.manifest import sha256
+
+    folder = Path(shutil.copytree(exported["2d"][1], tmp_path / "export"))
+    model = onnx.load(str(folder / "model.onnx"))
+    last = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Softmax", [last], ["probabilities"], axis=1))
+    model.graph.output[0].name = "probabilities"
+    onnx.save(model, str(folder / "model.onnx"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["output"], manifest["models"][0]["sha256"] = "probabilities", sha256(folder / "model.onnx")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    expect = _onnx_predict(exported["2d"][1], scan, tmp_path / "logits")
+    assert np.array_equal(_onnx_predict(folder, scan, tmp_path / "probabilities"), expect)
+
+
 def test_a_tampered_model_file_is_refused_by_its_checksum(exported, tmp_path):
     from medseg.deploy.runner import open_export
 

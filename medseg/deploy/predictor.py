@@ -11,16 +11,22 @@ voxel (tests/test_deploy.py compares them):
   are blended with MONAI's own importance map, stored by mode=export as window_weights.npy, in MONAI's
   window order, and divided by the summed weights; a 3D model without a patch size sees the padded volume
   in one pass;
-- softmax (inside the graph for 2D models, whose manifest says output "probabilities"), optional flip
-  TTA (every combination of spatial axes), in-plane bilinear resizing and the streaming linear blend
-  along the slice axis (medseg/deploy/resample.py), then argmax (or the two-class threshold). An
-  ensemble (several model files) averages the softmax probabilities of its members.
+- softmax (earlier exports end their 2D graphs with it; their manifest says output "probabilities"),
+  optional flip TTA (every combination of spatial axes), in-plane bilinear resizing
+  and the streaming linear blend along the slice axis (medseg/deploy/resample.py), then argmax (or the
+  two-class threshold). An ensemble (several model files) averages the softmax probabilities of its
+  members.
+
+Softmax, resizing and argmax run on `threads` threads, each on its own part of the array (numpy
+releases the GIL in them): onnxruntime's graph only runs the network, and this per-voxel work over
+every class (118 maps per slice for TotalSegmentator) would otherwise run on one core.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,7 @@ class OnnxPredictor:
         overlap: float = 0.25,
         batch_size: int = 4,
         slab_bytes: int = SLAB_BYTES,
+        threads: int = 1,
     ) -> None:
         self.sessions = list(sessions)
         self.names = [(s.get_inputs()[0].name, s.get_outputs()[0].name) for s in self.sessions]
@@ -52,6 +59,8 @@ class OnnxPredictor:
         self.logits = manifest.get("output", "logits") == "logits"  # else the graph ends with its softmax
         self.weights = window_weights
         self.tta, self.overlap, self.batch_size, self.slab_bytes = tta, overlap, max(1, batch_size), slab_bytes
+        self.threads = max(1, int(threads))
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def labels(self, image: np.ndarray, shape: tuple[int, ...], threshold: float | None = None) -> np.ndarray:
         """image (C, *spatial) in the model's space -> class indices (int16) on the grid `shape`."""
@@ -63,10 +72,11 @@ class OnnxPredictor:
         target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
         out = np.zeros(target, dtype=np.int16)
         along = AlongAxis(image.shape[axis + 1], target[0])
+        in_plane = {2: target[1], 3: target[2]}
         for chunk in self._chunks(image, axis):  # (K, n, a, b)
-            chunk = linear_resize(chunk, {2: target[1], 3: target[2]})
+            chunk = self._in_parts(lambda part: linear_resize(part, in_plane), chunk, 0)
             for t, probs in along.feed(chunk):
-                out[t] = to_labels(probs, threshold)
+                out[t] = self._in_parts(lambda part: to_labels(part, threshold), probs, 1, axis=0)
         assert along.done(), "every target slice is written"
         out = np.ascontiguousarray(np.moveaxis(out, 0, axis))
         return out[..., 0] if native_2d else out
@@ -120,13 +130,35 @@ class OnnxPredictor:
             for dims in flips:
                 inp = np.ascontiguousarray(np.flip(padded, dims)) if dims else padded
                 out = forward(inp, member)
-                probs = softmax(out) if self.logits else out
+                probs = self._softmax(out) if self.logits else out
                 probs = np.flip(probs, dims) if dims else probs
                 total = probs if total is None else total + probs
         assert total is not None
         count = len(flips) * len(self.sessions)
         probs = total / np.float32(count) if count > 1 else total
         return np.ascontiguousarray(crop(probs, before, size))
+
+    def _softmax(self, logits: np.ndarray) -> np.ndarray:
+        """softmax over axis 1 of (B, K, *spatial), each thread on its own rows of the first spatial axis."""
+        x = np.array(logits, dtype=np.float32, copy=True)
+        parts = _bounds(x.shape[2], self.threads)
+        if self._pool is None or len(parts) == 1:
+            softmax_in_place(x)
+        else:
+            list(self._pool.map(lambda ab: softmax_in_place(x[:, :, ab[0] : ab[1]]), parts))
+        return x
+
+    def _in_parts(self, fn: Callable[[np.ndarray], np.ndarray], array: np.ndarray, split: int, axis: int = 0):
+        """fn on `threads` parts of `array` cut along axis `split`, joined again along `axis` of the results."""
+        parts = _bounds(array.shape[split], self.threads)
+        if self._pool is None or len(parts) == 1:
+            return fn(array)
+        index = [slice(None)] * array.ndim
+        pieces = []
+        for a, b in parts:
+            index[split] = slice(a, b)
+            pieces.append(array[tuple(index)])
+        return np.concatenate(list(self._pool.map(fn, pieces)), axis=axis)
 
     def _forward(self, x: np.ndarray, member: int = 0) -> np.ndarray:
         name_in, name_out = self.names[member]
@@ -187,13 +219,17 @@ def crop(probs: np.ndarray, before: Sequence[int], size: Sequence[int]) -> np.nd
     return probs[(slice(None), slice(None), *(slice(b, b + s) for b, s in zip(before, size)))]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over axis 1, in place on a float32 copy (no temporaries of the full size but the result)."""
-    x = np.array(logits, dtype=np.float32, copy=True)
+def softmax_in_place(x: np.ndarray) -> None:
+    """Softmax over axis 1 of a float32 array (or a view of one), in place: no temporary of its size."""
     x -= x.max(axis=1, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(axis=1, keepdims=True)
-    return x
+
+
+def _bounds(length: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) of up to `parts` near-equal pieces of range(length)."""
+    edges = np.linspace(0, length, min(parts, max(1, length)) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def to_labels(probs: np.ndarray, threshold: float | None) -> np.ndarray:

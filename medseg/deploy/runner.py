@@ -27,6 +27,7 @@ class Export:
     manifest: dict[str, Any]
     sessions: list[Any]
     window_weights: np.ndarray | None
+    threads: int = 1  # onnxruntime's intra-op threads; the predictor's numpy work uses as many
 
     def predictor(self, tta: bool | None = None, overlap: float | None = None, batch_size: int | None = None):
         sw = self.manifest["sliding_window"]
@@ -37,6 +38,7 @@ class Export:
             tta=bool(self.manifest["tta"] if tta is None else tta),
             overlap=float(sw["overlap"] if overlap is None else overlap),
             batch_size=int(sw["batch_size"] if batch_size is None else batch_size),
+            threads=self.threads,
         )
 
 
@@ -56,6 +58,9 @@ def open_export(folder: str | Path, threads: int | None = None) -> Export:
     # no memory arena: it keeps the largest outputs (batch x classes x slice) allocated for the whole run;
     # without it the 118-class benchmark's peak RSS fell from 1270 to 858 MB at the same speed
     options.enable_cpu_mem_arena = False
+    # its idle threads would otherwise spin for a while after each run, taking the cores from the
+    # predictor's numpy threads (softmax, resizing, argmax) that run next
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
     sessions = []
@@ -72,7 +77,17 @@ def open_export(folder: str | Path, threads: int | None = None) -> Export:
             weights = np.load(path / entry["file"], allow_pickle=False).astype(np.float32)
     if manifest.get("patch_size") and int(manifest["dims"]) == 3 and weights is None:
         raise CheckpointError(f"{path}/manifest.json lists no window_weights for its 3D patches; export again")
-    return Export(path, manifest, sessions, weights)
+    return Export(path, manifest, sessions, weights, int(threads) if threads else _cores())
+
+
+def _cores() -> int:
+    """The CPUs this process may run on (onnxruntime's default thread count is the same)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def read_case(case: Case, manifest: dict[str, Any]) -> tuple[np.ndarray, Geometry, Any]:

@@ -60,9 +60,11 @@ def run_export(cfg: DictConfig) -> Path:
     patch = [int(p) for p in data.patch_size] if data.patch_size else None
     example, other = _example_shapes(dims, patch, k, restored.in_channels)
     dynamic = dims == 2 or not patch
-    # 2D/2.5D slices: softmax inside the graph (onnxruntime's threads); 3D windows blend logits first
-    output = "probabilities" if dims == 2 else "logits"
-    network = torch.nn.Sequential(restored.model, torch.nn.Softmax(dim=1)) if dims == 2 else restored.model
+    # the graph ends at the logits: onnxruntime's Softmax over the class axis (not the last one) transposes
+    # the whole output twice and was 62% of a 118-class 2D forward; the deployed predictor applies its own
+    # softmax on its threads (3D windows blend logits first anyway)
+    output = "logits"
+    network = restored.model
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         _export_onnx(network, example, onnx_path, opset, dims, dynamic)
