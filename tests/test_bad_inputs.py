@@ -866,13 +866,16 @@ def _dicom_labelled(problem: str) -> Callable[[Ctx], list[str]]:
         origin = (-10.0, 20.0, 35.0 if problem == "label-affine" else 30.0)  # write_series' default: z 30
         if problem != "no-label":
             nib.save(nib.Nifti1Image(grid, expected_affine((0.8, 0.9, 2.5), origin=origin)), case / "label.nii.gz")
-        if problem in ("two-labels", "seg-of-another-series"):
+        if problem in ("two-labels", "seg-of-another-series", "seg-off-grid"):
             import pydicom
 
-            other = files if problem == "two-labels" else write_series(ctx.tmp / "elsewhere", volume, series_number=3)
+            other = files
+            if problem != "two-labels":  # another series, or the same series UID 1 mm off its slices
+                uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID) if problem == "seg-off-grid" else None
+                other = write_series(ctx.tmp / "elsewhere", volume, origin=(-10.0, 20.0, 31.0), series_uid=uid)
             sources = sorted((pydicom.dcmread(f) for f in other), key=lambda ds: float(ds.ImagePositionPatient[2]))
             write_seg(case / "seg.dcm", label, sources, ["background", "disc"], "test")
-            if problem == "seg-of-another-series":
+            if problem != "two-labels":
                 (case / "label.nii.gz").unlink()
         return ["mode=evaluate", f"ckpt={ctx.best}", f"evaluate.input={case.parent}", "logger=none"]
 
@@ -1073,6 +1076,11 @@ DEPLOY_ROWS = [
         r"case_0: \S+seg\.dcm references series [0-9.]+, not the case's series [0-9.]+; give the SEG made on this",
     ),
     Row(
+        "dicom-evaluate-seg-off-grid",
+        _dicom_labelled("seg-off-grid"),
+        r"case_0: frame 1 of \S+seg\.dcm lies on no slice of the series \(position .*\); give a SEG on the series",
+    ),
+    Row(
         "dicom-evaluate-label-shape",
         _dicom_labelled("label-shape"),
         r"case_0: label \S+label\.nii\.gz has shape \(32, 32, 5\) but the series \(32, 32, 6\) .*series' grid",
@@ -1105,7 +1113,7 @@ ROWS = (
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 111
+    assert len(ROWS) >= 112
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

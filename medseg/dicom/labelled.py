@@ -67,6 +67,11 @@ def find_labelled_series(path: Path, modalities: list[str] | None = None) -> lis
             labels.setdefault(f.folder, []).append(("seg", f))
         elif is_image(ds):
             images.append((f, ds))
+    if not images:  # e.g. a zip of NIfTI files: not DICOM with labels
+        raise DataError(
+            f"evaluate.input={path} holds no DICOM image series; give a labelled folder in the checkpoint's layout,"
+            " or DICOM case folders (each one series and its label)"
+        )
     for folder, found in labels.items():
         if len(found) > 1:
             names = ", ".join(f.name for _, f in found)
@@ -89,11 +94,6 @@ def find_labelled_series(path: Path, modalities: list[str] | None = None) -> lis
                 " or a DICOM SEG of the series in the case folder"
             )
         members[owner].append((ds, f.open))
-    if not labels:
-        raise DataError(
-            f"evaluate.input={path} holds no label; give one folder per case with its DICOM series and"
-            " label.nii.gz (on the series' grid) or a DICOM SEG of the series"
-        )
     stem = path.stem if path.is_file() else path.name
     names = {folder: _safe(folder[-1] if folder else stem) for folder in labels}
     cases = []
