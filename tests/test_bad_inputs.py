@@ -849,6 +849,39 @@ def _dicom(change: dict[str, Any], *extra: str) -> Callable[[Ctx], list[str]]:
     return setup
 
 
+def _dicom_labelled(problem: str) -> Callable[[Ctx], list[str]]:
+    """evaluate.input = a folder of DICOM case folders (tests/dicom_series.py) with `problem` in case_0."""
+
+    def setup(ctx: Ctx) -> list[str]:
+        from medseg.dicom.seg import write_seg
+        from tests.dicom_series import expected_affine, write_series
+
+        volume = np.round(np.random.default_rng(0).random((32, 32, 6)) * 100).astype(np.float32)
+        label = (volume > 50).astype(np.int16)
+        case = ctx.tmp / "dicom" / "case_0"
+        files = write_series(case / "series", volume)
+        if problem == "two-series":
+            write_series(case / "other", volume, series_number=2)
+        grid = label[:, :, :5] if problem == "label-shape" else label
+        origin = (-10.0, 20.0, 35.0 if problem == "label-affine" else 30.0)  # write_series' default: z 30
+        if problem != "no-label":
+            nib.save(nib.Nifti1Image(grid, expected_affine((0.8, 0.9, 2.5), origin=origin)), case / "label.nii.gz")
+        if problem in ("two-labels", "seg-of-another-series", "seg-off-grid"):
+            import pydicom
+
+            other = files
+            if problem != "two-labels":  # another series, or the same series UID 1 mm off its slices
+                uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID) if problem == "seg-off-grid" else None
+                other = write_series(ctx.tmp / "elsewhere", volume, origin=(-10.0, 20.0, 31.0), series_uid=uid)
+            sources = sorted((pydicom.dcmread(f) for f in other), key=lambda ds: float(ds.ImagePositionPatient[2]))
+            write_seg(case / "seg.dcm", label, sources, ["background", "disc"], "test")
+            if problem != "two-labels":
+                (case / "label.nii.gz").unlink()
+        return ["mode=evaluate", f"ckpt={ctx.best}", f"evaluate.input={case.parent}", "logger=none"]
+
+    return setup
+
+
 # ------------------------------------------------------------------ the rows: each data layout owns its keys
 LAYOUT_ROWS = [
     Row(
@@ -1023,6 +1056,41 @@ DEPLOY_ROWS = [
         r"predict\.output_format=dicom_seg needs DICOM input, but .*scan\.nii\.gz is not DICOM",
     ),
     Row(
+        "dicom-evaluate-no-label",
+        _dicom_labelled("no-label"),
+        r"dicom/case_0/series holds DICOM images but no label; put label\.nii\.gz \(on the series. grid\) or a DICOM",
+    ),
+    Row(
+        "dicom-evaluate-two-series",
+        _dicom_labelled("two-series"),
+        r"case folder \S+/dicom/case_0 holds 2 DICOM image series beside its label label\.nii\.gz; put exactly one",
+    ),
+    Row(
+        "dicom-evaluate-two-labels",
+        _dicom_labelled("two-labels"),
+        r"dicom/case_0 holds 2 labels \(label\.nii\.gz, seg\.dcm\); keep one label per case folder",
+    ),
+    Row(
+        "dicom-evaluate-seg-of-another-series",
+        _dicom_labelled("seg-of-another-series"),
+        r"case_0: \S+seg\.dcm references series [0-9.]+, not the case's series [0-9.]+; give the SEG made on this",
+    ),
+    Row(
+        "dicom-evaluate-seg-off-grid",
+        _dicom_labelled("seg-off-grid"),
+        r"case_0: frame 1 of \S+seg\.dcm lies on no slice of the series \(position .*\); give a SEG on the series",
+    ),
+    Row(
+        "dicom-evaluate-label-shape",
+        _dicom_labelled("label-shape"),
+        r"case_0: label \S+label\.nii\.gz has shape \(32, 32, 5\) but the series \(32, 32, 6\) .*series' grid",
+    ),
+    Row(
+        "dicom-evaluate-label-affine",
+        _dicom_labelled("label-affine"),
+        r"case_0: label \S+label\.nii\.gz has another affine \(origin, direction or spacing\) than the series",
+    ),
+    Row(
         "export-tampered-model",
         _tampered_export,
         r"export/model\.onnx does not match the SHA-256 in .*manifest\.json; the file was changed",
@@ -1045,7 +1113,7 @@ ROWS = (
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 105
+    assert len(ROWS) >= 112
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

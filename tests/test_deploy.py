@@ -360,3 +360,75 @@ def test_a_folder_of_several_series_predicts_each(exported, dicom_case, tmp_path
     written = predict_cases(open_export(exported["2d"][1]), cases, tmp_path / "out", "nifti")
     shapes = sorted(nib.load(str(p)).shape for p in written)
     assert shapes == [(30, 27, 6), (30, 27, 11)]
+
+
+# ---------------------------------------------------------------- DICOM labelled cases in mode=evaluate
+def _labelled(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image of whole numbers (exact in DICOM) and its label of the classes 1..3 (disc, square, ring)."""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    label = np.zeros(shape, np.int16)
+    label[(x - shape[0] // 3) ** 2 + (y - shape[1] // 2) ** 2 < 30] = 1
+    label[(x >= 2 * shape[0] // 3) & (x < 2 * shape[0] // 3 + 6) & (y >= 3) & (y < 9) & (z > 1)] = 2
+    r = (x - shape[0] // 2) ** 2 + (y - shape[1] // 2) ** 2
+    label[(r > 90) & (r < 120) & (z < shape[2] - 2)] = 3
+    noise = np.random.default_rng(seed).normal(0, 20, shape)
+    return np.round(label * 60.0 + noise + 3 * z).astype(np.float32), label
+
+
+@pytest.fixture(scope="module")
+def labelled_inputs(tmp_path_factory) -> dict[str, Path]:
+    """Two labelled cases three ways: an MSD folder (NIfTI with the series' affine), DICOM series with
+    label.nii.gz in one folder per case, and DICOM series with a SEG (frames in reverse order) in a zip."""
+    import pydicom
+
+    from medseg.dicom.seg import write_seg
+    from tests.dicom_series import expected_affine, write_series
+
+    root = tmp_path_factory.mktemp("labelled")
+    affine = expected_affine(SPACING, IOP, ORIGIN)
+    normal = np.cross(np.asarray(IOP[:3], float), np.asarray(IOP[3:], float))
+    training = []
+    for i, shape in enumerate([(30, 27, 11), (26, 22, 7)]):
+        name = f"case_{i}"
+        image, label = _labelled(shape, i)
+        for sub, array in (("imagesTr", image), ("labelsTr", label)):
+            (root / "msd" / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, affine), root / "msd" / sub / f"{name}.nii.gz")
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+        write_series(root / "with_nifti" / name / "series", image, SPACING, IOP, ORIGIN, seed=i)
+        nib.save(nib.Nifti1Image(label, affine), root / "with_nifti" / name / "label.nii.gz")
+        files = write_series(root / "with_seg" / "study" / name, image, SPACING, IOP, ORIGIN, seed=i + 5)
+        sources = sorted(
+            (pydicom.dcmread(p, stop_before_pixels=True) for p in files),
+            key=lambda ds: -np.dot(ds.ImagePositionPatient, normal),
+        )
+        ordered = label[:, :, ::-1]  # sources from the last slice to the first: frames placed by position
+        names = ["background", "disc", "square", "ring"]
+        write_seg(root / "with_seg" / "study" / name / "label.seg.dcm", ordered, sources, names, "test")
+    labels = {"0": "background", "1": "disc", "2": "square", "3": "ring"}
+    (root / "msd" / "dataset.json").write_text(json.dumps({"labels": labels, "training": training}))
+    archive = shutil.make_archive(str(root / "with_seg"), "zip", root / "with_seg")  # study/case_i/... inside
+    return {"msd": root / "msd", "with_nifti": root / "with_nifti", "with_seg": Path(archive)}
+
+
+def _evaluate(cache_dir: Path, ckpt: Path, source: Path, out: Path) -> tuple[list[str], dict]:
+    from medseg.tasks.evaluate import run_evaluate
+
+    run_evaluate(_compose(cache_dir, out, "mode=evaluate", f"ckpt={ckpt}", f"evaluate.input={source}"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary.pop("source") == str(source)
+    return (out / "metrics.csv").read_text().splitlines(), summary
+
+
+def test_dicom_labelled_cases_score_as_their_nifti(exported, labelled_inputs, cache_dir, tmp_path):
+    """The same volumes and labels as NIfTI, as DICOM series with a NIfTI label, and as DICOM series with a
+    DICOM SEG in a zip: the same metrics.csv and summary.json (HD95 in mm from the series' geometry)."""
+    ckpt = exported["2.5d"][0]
+    rows, summary = _evaluate(cache_dir, ckpt, labelled_inputs["msd"], tmp_path / "msd")
+    assert summary["cases"] == 2 and summary["hd95_unit"] == "mm"
+    assert len(rows) == 1 + 2 * 3 and 0 < summary["mean_dice"] < 1
+    for name in ("with_nifti", "with_seg"):
+        assert _evaluate(cache_dir, ckpt, labelled_inputs[name], tmp_path / name) == (rows, summary), name
+    one_rows, one = _evaluate(cache_dir, ckpt, labelled_inputs["with_nifti"] / "case_1", tmp_path / "one")
+    assert one_rows == rows[:1] + [r for r in rows if r.startswith("case_1,")]  # a single case folder
+    assert one["per_case"] == {"case_1": summary["per_case"]["case_1"]}

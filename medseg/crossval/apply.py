@@ -194,7 +194,12 @@ def run_evaluate_crossval(cfg: DictConfig, source: Path) -> float | None:
     for member in ensemble.members:
         stored = OmegaConf.create({"data": member.data_cfg})
         data_source, data_cfg, cases, _ = evaluation_cases(
-            cfg.evaluate.input, data_for_run(cfg.data, stored), str(cfg.paths.cache_dir), int(cfg.seed), names
+            cfg.evaluate.input,
+            data_for_run(cfg.data, stored),
+            str(cfg.paths.cache_dir),
+            int(cfg.seed),
+            names,
+            modalities=cfg.export.modalities,
         )
         per_member.append((data_cfg, cases, volume_transforms(data_cfg, with_label=False), label_transforms(data_cfg)))
     rows: list[dict[str, Any]] = []

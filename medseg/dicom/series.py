@@ -70,27 +70,17 @@ def holds_dicom(path: Path) -> bool:
 
 def find_series(path: Path) -> list[Series]:
     """Every image series in a folder (any depth) or a zip; files that are not DICOM are skipped."""
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise DataError(f'{path} is DICOM, which needs pydicom; pip install "medseg[deploy]"') from exc
+    headers = [(read_header(opener, label), opener) for opener, label in dicom_files(path)]
+    series = group_series([(ds, opener) for ds, opener in headers if is_image(ds)], str(path))
+    if not series:
+        raise DataError(f"{path} holds no DICOM image series")
+    name_series(series, path.stem if path.is_file() else path.name)
+    return series
 
-    groups: dict[str, Series] = {}
 
-    def add(opener: Callable[[], Any], label: str) -> None:
-        try:
-            ds = pydicom.dcmread(opener(), stop_before_pixels=True)  # pixels are read slice by slice later
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{label} is not a readable DICOM file ({type(exc).__name__}); remove it") from exc
-        if "Rows" not in ds or str(getattr(ds, "Modality", "")) == "SEG":
-            return
-        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        if not uid:
-            raise DataError(f"{label} has no SeriesInstanceUID; is it an image of a series?")
-        series = groups.setdefault(uid, Series(uid, str(path)))
-        series.datasets.append(ds)
-        series.openers.append(opener)
-
+def dicom_files(path: Path) -> list[tuple[Callable[[], Any], str]]:
+    """(opener, name for messages) of every DICOM file in a folder (any depth) or a zip."""
+    found: list[tuple[Callable[[], Any], str]] = []
     if path.is_file():
         try:
             zf = zipfile.ZipFile(path)
@@ -103,21 +93,52 @@ def find_series(path: Path) -> list[Series]:
                 with zf.open(info) as member:
                     head = member.read(132)
                 if is_dicom_bytes(head):
-                    add(_member(path, info.filename), f"{path}:{info.filename}")
+                    found.append((zip_member(path, info.filename), f"{path}:{info.filename}"))
     else:
         for p in sorted(path.rglob("*")):
             if p.is_file() and _is_dicom_file(p):
-                add(lambda p=p: str(p), str(p))
-    if not groups:
-        raise DataError(f"{path} holds no DICOM image series")
-    series = sorted(groups.values(), key=lambda s: (_series_number(s), s.uid))
-    base = _safe(path.stem if path.is_file() else path.name) or "series"
+                found.append((lambda p=p: str(p), str(p)))
+    return found
+
+
+def read_header(opener: Callable[[], Any], label: str) -> Any:
+    """The file's DICOM header without pixel data (pixels are read slice by slice later)."""
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise DataError(f'{label} is DICOM, which needs pydicom; pip install "medseg[deploy]"') from exc
+    try:
+        return pydicom.dcmread(opener(), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{label} is not a readable DICOM file ({type(exc).__name__}); remove it") from exc
+
+
+def is_image(ds: Any) -> bool:
+    """An image slice (has pixel rows), not a SEG, a report or a DICOMDIR."""
+    return "Rows" in ds and str(getattr(ds, "Modality", "")) != "SEG"
+
+
+def group_series(headers: list[tuple[Any, Callable[[], Any]]], source: str) -> list[Series]:
+    """Image headers -> one Series per SeriesInstanceUID, sorted by series number."""
+    groups: dict[str, Series] = {}
+    for ds, opener in headers:
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        if not uid:
+            raise DataError(f"{source}: an image has no SeriesInstanceUID; is it an image of a series?")
+        series = groups.setdefault(uid, Series(uid, source))
+        series.datasets.append(ds)
+        series.openers.append(opener)
+    return sorted(groups.values(), key=lambda s: (_series_number(s), s.uid))
+
+
+def name_series(series: list[Series], stem: str) -> None:
+    """Names safe as file names: the folder's (or zip's) name, plus number and UID when it holds several."""
+    base = _safe(stem) or "series"
     for s in series:
         s.name = base if len(series) == 1 else f"{base}_series{_series_number(s)}_{s.uid.replace('.', '')[-8:]}"
-    return series
 
 
-def _member(archive: Path, name: str) -> Callable[[], Any]:
+def zip_member(archive: Path, name: str) -> Callable[[], Any]:
     def read() -> Any:
         with zipfile.ZipFile(archive) as zf:
             return io.BytesIO(zf.read(name))

@@ -1,7 +1,8 @@
 """Labelled cases for evaluation: which cases, and each one loaded and checked before it is scored.
 
 `evaluation_cases` decides where the images and labels come from (the checkpoint's validation split,
-or a labelled folder given by evaluate.input); `load_case` reads one case through the training
+a labelled folder given by evaluate.input, or DICOM: a folder or zip of case folders, each one series
+and its label, see medseg/dicom/labelled.py); `load_case` reads one case through the training
 run's own volume chain and refuses what cannot be scored honestly, naming the file or the case.
 The validation split is read from the training data's case store (built where missing), so its images
 are not decoded again; `load_stored_case` reads a case from there.
@@ -21,6 +22,7 @@ from medseg.data.checks import check_files
 from medseg.data.datasets import describe_failure, plain
 from medseg.data.layouts import read_cases
 from medseg.data.split import split_cases
+from medseg.dicom.series import holds_dicom
 from medseg.errors import DataError
 from medseg.inference.image_io import NIFTI, read_geometry
 
@@ -40,11 +42,13 @@ def evaluation_cases(
     seed: int,
     class_names: list[str],
     val_ids: list[str] | None = None,
+    modalities: list[str] | None = None,
 ) -> tuple[str, Any, list[dict[str, Any]], Any]:
     """(source description, data config to read them with, cases, case store or None) for mode=evaluate.
 
     Without evaluate.input: the training run's validation cases `val_ids` (None: split again by seed),
-    read from this run's data.root.
+    read from this run's data.root. DICOM cases accept the `modalities` given (None: as the intensity
+    preset says, medseg.dicom.cases.trained_modalities).
     """
     if not evaluate_input:
         from medseg.data.store import open_store
@@ -65,13 +69,22 @@ def evaluation_cases(
         store = open_store(data_cfg, cache_dir, val, caseset.root, classes=caseset.class_names)
         return "validation split", data_cfg, val, store
     root = Path(str(evaluate_input)).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            f"evaluate.input={root} is not a folder; give a labelled dataset in the {data_cfg.layout} layout"
-        )
     override: dict[str, Any] = {"root": str(root)}
     if data_cfg.layout == "synthetic":  # the demo data is an MSD folder; never generate data into the input
         override["layout"] = "msd"
+    if root.exists() and holds_dicom(root):
+        from medseg.dicom.cases import trained_modalities
+        from medseg.dicom.labelled import find_labelled_series
+
+        accepted = trained_modalities(str(data_cfg.intensity.preset), modalities)
+        found = find_labelled_series(root, accepted)
+        dicom = [{"id": c.name, "image": c.folder, "label": c.label_name, "dicom": c} for c in found]
+        return str(root), OmegaConf.merge(data_cfg, override), dicom, None
+    if not root.is_dir():
+        raise DataError(
+            f"evaluate.input={root} is not a folder; give a labelled dataset in the {data_cfg.layout} layout,"
+            " or DICOM (a folder or zip of case folders, each a series and its label)"
+        )
     if data_cfg.layout == "totalseg" and not data_cfg.structures:  # the model's classes, in its order
         override["structures"] = list(class_names[1:])
     data_cfg = OmegaConf.merge(data_cfg, override)
@@ -128,6 +141,8 @@ def load_case(
     case: dict[str, Any], image_chain: Any, label_chain: Any, channels: int, num_classes: int
 ) -> LabelledCase:
     """Read and check one case; a DataError names the unreadable file or what is wrong with the case."""
+    if "dicom" in case:
+        return _load_dicom_case(case, image_chain, channels, num_classes)
     try:
         image = plain(image_chain({"image": case["image"]})["image"]).float()
         truth = plain(label_chain({"label": case["label"]})["label"])[0]
@@ -154,6 +169,29 @@ def load_case(
             f"({_first(case['label'])}); evaluate with labels of the same classes"
         )
     return LabelledCase(case["id"], image, truth.to(torch.int16), voxel_spacing(case, truth.ndim))
+
+
+def _load_dicom_case(case: dict[str, Any], image_chain: Any, channels: int, num_classes: int) -> LabelledCase:
+    """A DICOM case as the NIfTI files a conversion of it would give (the series' affine), then read and
+    checked exactly as a NIfTI case: the same chains, the same checks, the spacing from the same header.
+    Its label is a map of class indices whatever the training layout stored (mask values, structure files)."""
+    from medseg.data.transforms import label_transforms
+    from medseg.dicom.labelled import as_nifti
+
+    dicom = case["dicom"]
+    label_chain = label_transforms(OmegaConf.create({"layout": "msd"}))
+    with as_nifti(dicom) as (image, label):
+        try:
+            return load_case(
+                {"id": case["id"], "image": str(image), "label": str(label)},
+                image_chain,
+                label_chain,
+                channels,
+                num_classes,
+            )
+        except DataError as exc:  # name the case's own files, not the temporary ones
+            text = str(exc).replace(str(image), f"the series in {dicom.folder}").replace(str(label), dicom.label_name)
+            raise DataError(text) from None
 
 
 def voxel_spacing(case: dict[str, Any], ndim: int) -> list[float] | None:

@@ -1,11 +1,13 @@
 """mode=evaluate: per case and per class Dice, IoU and HD95 from a checkpoint.
 
 Cases are the validation cases of the checkpoint's training run, or a labelled dataset given by
-evaluate.input in the training layout. The checkpoint gives the layout, the preprocessing and the
-validation case ids (older checkpoints: the seed and split settings); the folder is this run's
-data.root (a checkpoint never chooses folders; the built-in demo data is generated again under
-this run's paths.cache_dir). Each case is predicted slice by slice (or
-slab by slab for 3D models) straight into an integer label map on the label's own grid, with the
+evaluate.input in the training layout, or DICOM given by evaluate.input: a folder or zip of case
+folders, each one image series and its label (a NIfTI label map on the series' grid or a DICOM SEG of
+the series; medseg/dicom/labelled.py), scored as the NIfTI conversion of the series would be. The
+checkpoint gives the layout, the preprocessing and the validation case ids (older checkpoints: the
+seed and split settings); the folder is this run's data.root (a checkpoint never chooses folders; the
+built-in demo data is generated again under this run's paths.cache_dir). Each case is predicted slice
+by slice (or slab by slab for 3D models) straight into an integer label map on the label's own grid, with the
 same padding, argmax and predict.threshold (two-class models) as validation and mode=predict; no
 float volume per class is ever held.
 
@@ -13,7 +15,8 @@ Dice follows the definition validation uses: per case 2TP / (2TP + FP + FN) over
 a class absent from both truth and prediction has no score (empty in metrics.csv, left out of the
 means); predicted but absent from the truth it scores 0. `mean_dice` is the mean over cases of the
 per-case mean over classes; per-class figures are means over cases. HD95 is in mm for NIfTI (header
-spacing, every layout), in pixels for 2D images, and runs on the bounding box of prediction ∪ truth.
+spacing, every layout) and DICOM (the series' pixel spacing and slice positions), in pixels for 2D
+images, and runs on the bounding box of prediction ∪ truth.
 A structure in the truth that is never predicted scores the image diagonal and is counted in
 `hd95_missing` (summary.json, and a metrics.csv column), so it cannot drop out of `mean_hd95`.
 
@@ -63,6 +66,7 @@ def run_evaluate(cfg: DictConfig) -> float | None:
         int(tcfg.seed),
         names,
         restored.ckpt.get("val_case_ids"),
+        cfg.export.modalities,  # DICOM input: the modalities predict accepts too
     )
     predictor = checkpoint_predictor(restored, cfg.predict, device, data_cfg)
     image_chain, label_chain = volume_transforms(data_cfg, with_label=False), label_transforms(data_cfg)
