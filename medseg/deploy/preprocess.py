@@ -1,7 +1,9 @@
-"""The volume stage of medseg/data/transforms.py in numpy: intensity preset, then in-plane scale or size.
+"""The volume stage of medseg/data/transforms.py in numpy: spacing, intensity preset, then in-plane scale
+or size.
 
-A twin of MONAI's ScaleIntensity / NormalizeIntensity / ScaleIntensityRange(Percentiles) / Zoom / Resize
-as medseg configures them, because the deployed predictor may not import torch or MONAI. The formulas
+The spacing step is medseg/deploy/spacing.py (MONAI's Spacingd); the rest is a twin of MONAI's
+ScaleIntensity / NormalizeIntensity / ScaleIntensityRange(Percentiles) / Zoom / Resize as medseg
+configures them, because the deployed predictor may not import torch or MONAI. The formulas
 are MONAI's (rescale_array, unbiased=False std, linear interpolation with align_corners=False); sums run
 in a different order than PyTorch's, so values agree to float32 rounding (tests compare the masks).
 """
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medseg.deploy.resample import linear_resize
+from medseg.deploy.spacing import resample_to_spacing
 from medseg.errors import ConfigError
 
 
@@ -79,6 +82,12 @@ def geometry(image: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
     return linear_resize(image, {d + 1: int(np.floor(s * f)) for d, (s, f) in enumerate(zip(image.shape[1:], factors))})
 
 
-def prepare(image: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
-    """Raw image (C, *spatial) -> the model's input space, as training's volume stage."""
+def prepare(image: np.ndarray, manifest: dict[str, Any], affine: np.ndarray | None = None) -> np.ndarray:
+    """Raw image (C, *spatial) -> the model's input space, as training's volume stage. A model trained with
+    data.spacing (manifest "spacing") needs the image's 4x4 affine: the volume is resampled to that
+    spacing first, as Spacingd runs before the intensity preset in training."""
+    spacing = manifest.get("spacing")
+    if spacing:
+        assert affine is not None and image.ndim == 4, "data.spacing resampling needs a volume and its affine"
+        image = resample_to_spacing(image, affine, spacing)
     return geometry(intensity(image, manifest["intensity"]), manifest)
