@@ -17,7 +17,7 @@ from medseg.errors import CheckpointError
 
 FORMAT = "medseg-export"
 FORMAT_VERSION = 1
-PRESETS = ("none", "minmax", "zscore", "percentile", "ct", "imagenet")
+PRESETS = ("none", "minmax", "zscore", "zscore_nonzero", "percentile", "ct", "ct_zscore", "imagenet")
 
 
 def sha256(path: Path) -> str:

@@ -26,6 +26,12 @@ def _rescale(x: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     return (x - mina) / (maxa - mina) * np.float32(hi - lo) + np.float32(lo)
 
 
+def _zscore(c: np.ndarray) -> np.ndarray:
+    """(c - mean) / std with the population std; a constant input is only centred."""
+    mean, std = np.float32(c.mean(dtype=np.float64)), np.float32(c.std(dtype=np.float64))
+    return c - mean if std == 0 else (c - mean) / std
+
+
 def intensity(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """image (C, *spatial) float32 -> normalised as the training run's data.intensity preset."""
     preset = spec["preset"]
@@ -35,11 +41,24 @@ def intensity(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     if preset == "minmax":
         return np.stack([_rescale(c) for c in x]).astype(np.float32)
     if preset == "zscore":
+        return np.stack([_zscore(c) for c in x]).astype(np.float32)
+    if preset == "zscore_nonzero":  # inside each channel's non-zero voxels; zeros stay 0 (NormalizeIntensity)
         out = []
         for c in x:
-            mean, std = np.float32(c.mean(dtype=np.float64)), np.float32(c.std(dtype=np.float64))
-            out.append((c - mean) / std if std != 0 else c - mean)
+            mask = c != 0
+            c = c.copy()
+            if mask.any():
+                c[mask] = _zscore(c[mask])
+            out.append(c)
         return np.stack(out).astype(np.float32)
+    if preset == "ct_zscore":  # the plan's CT normalisation: clip to ct_window, z-score with the foreground stats
+        a_min, a_max = (float(v) for v in spec["ct_window"])
+        mean, std = float(spec["mean"][0]), float(spec["std"][0])
+        b_min, b_max = (a_min - mean) / std, (a_max - mean) / std
+        if a_max == a_min:
+            return (x - np.float32(a_min) + np.float32(b_min)).astype(np.float32)
+        y = (x - np.float32(a_min)) / np.float32(a_max - a_min) * np.float32(b_max - b_min) + np.float32(b_min)
+        return np.clip(y, np.float32(b_min), np.float32(b_max)).astype(np.float32)
     if preset == "percentile":
         lo_p, hi_p = spec["percentiles"]
         out = []

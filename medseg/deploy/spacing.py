@@ -102,7 +102,13 @@ def _separable(image: np.ndarray, xform: np.ndarray, out_shape: list[int]) -> np
         shape = [1] * out.ndim
         shape[axis + 1] = len(w)
         w = w.reshape(shape)
-        out = np.take(out, i0, axis=axis + 1) * (1.0 - w) + np.take(out, i1, axis=axis + 1) * w
+        lo = np.take(out, i0, axis=axis + 1)  # in place below: three float64 volumes at most, not five
+        lo *= 1.0 - w
+        hi = np.take(out, i1, axis=axis + 1)
+        hi *= w
+        lo += hi
+        out = lo
+        del hi
     return out.astype(np.float32)
 
 
