@@ -13,7 +13,10 @@ MONAI's steps, each here in numpy:
   then rounded to float32. When the affine and shape are unchanged (to 1e-3) the image is returned as is.
 For an affine with orthogonal columns (any NIfTI without shear, every DICOM series medseg reads) xform
 is a diagonal scale and shift, so the trilinear interpolation is done one axis at a time; a sheared
-affine is sampled point by point. The values agree with MONAI's to float64 rounding before the cast.
+affine is sampled point by point. MONAI forms its coordinates through normalised grid coordinates, this
+twin directly, so the float64 values differ in their last bits and, after the cast, a few values in a
+million differ by 1 float32 ulp (tests/test_deploy_preprocess.py bounds it; the masks are compared in
+tests/test_deploy.py).
 """
 
 from __future__ import annotations
