@@ -1032,6 +1032,39 @@ def _tampered_export(ctx: Ctx) -> list[str]:
     return ["mode=predict", f"ckpt={folder}", f"predict.input={ctx.image}", "logger=none"]
 
 
+def _export_with_spacing(spacing: Any) -> Callable[[Ctx], list[str]]:
+    """An export folder whose manifest is well-formed but for its spacing (the manifest is checked before
+    any model file is opened, so none is needed)."""
+
+    def setup(ctx: Ctx) -> list[str]:
+        import json
+
+        folder = ctx.tmp / "export"
+        folder.mkdir()
+        manifest = {
+            "format": "medseg-export",
+            "format_version": 1,
+            "models": [{"file": "model.onnx", "sha256": "0" * 64}],
+            "files": [],
+            "input": {"name": "image", "channels": 1},
+            "classes": {"count": 2, "names": ["background", "fg"]},
+            "dims": 3,
+            "slice_axis": 2,
+            "context_slices": 0,
+            "pad_divisible": 16,
+            "patch_size": None,
+            "image_size": None,
+            "spacing": spacing,
+            "scale": 1.0,
+            "intensity": {"preset": "zscore"},
+            "modalities": ["CT"],
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return ["mode=predict", f"ckpt={folder}", f"predict.input={ctx.image}", "logger=none"]
+
+    return setup
+
+
 DEPLOY_ROWS = [
     Row("dicom-gantry-tilt", _dicom({"tilt": 0.5}), r"dicom \(series .*\): gantry tilt: slices are not stacked"),
     Row(
@@ -1095,6 +1128,11 @@ DEPLOY_ROWS = [
         _tampered_export,
         r"export/model\.onnx does not match the SHA-256 in .*manifest\.json; the file was changed",
     ),
+    Row(
+        "export-manifest-spacing",
+        _export_with_spacing([1.0, 0.0, 1.5]),
+        r"export/manifest\.json: spacing must be three numbers > 0 \(mm\) or null; export the model again",
+    ),
 ]
 
 ROWS = (
@@ -1113,7 +1151,7 @@ ROWS = (
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 112
+    assert len(ROWS) >= 113
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

@@ -20,7 +20,19 @@ MODELS = {
     # 2D with in-plane scale 0.5 (resizing in and out), 2.5D with context slices, 3D patches + sliding window
     "2d": {"data": {"scale": 0.5}},
     "2.5d": {"data": {"context_slices": 1}, "in_channels": 3},
-    "3d": {"data": {"dims": 3, "patch_size": [16, 16, 8], "pad_divisible": 8}, "dims": 3},
+    "3d": {"data": {"dims": 3, "patch_size": [16, 16, 8], "pad_divisible": 8}},
+    # data.spacing: the scan (0.7 x 0.8 x 2.0 mm) is resampled to another grid and predicted back onto its own;
+    # the 3D one as plan=auto sets up a CT model (its clipped z-score)
+    "3d-spacing": {
+        "data": {
+            "dims": 3,
+            "patch_size": [16, 16, 8],
+            "pad_divisible": 8,
+            "spacing": [1.0, 1.1, 1.5],
+            "intensity": {"preset": "ct_zscore", "ct_window": [-50.0, 250.0], "mean": [100.0], "std": [80.0]},
+        }
+    },
+    "2d-spacing": {"data": {"spacing": [1.0, 1.1, 1.5]}},
 }
 FAST = ["model.channels=[4,8]", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
 FAST += ["report.enabled=false", "report.overlay_cases=0", "trainer.log_images_every_n_epochs=0"]
@@ -48,10 +60,11 @@ def _variant(trained: Path, dest: Path, spec: dict) -> Path:
 
     payload = torch.load(trained, map_location="cpu", weights_only=True)
     cfg = yaml.safe_load(payload["config_yaml"])
-    cfg["data"].update(spec["data"])
+    for key, value in spec["data"].items():
+        cfg["data"][key] = {**cfg["data"][key], **value} if isinstance(value, dict) else value
     payload["config_yaml"] = yaml.safe_dump(cfg)
     facts = payload["dataset"]
-    facts["in_channels"], facts["dims"] = spec.get("in_channels", 1), spec.get("dims", 2)
+    facts["in_channels"], facts["dims"] = spec.get("in_channels", 1), int(cfg["data"].get("dims", 2))
     torch.manual_seed(len(dest.name))
     model = UNet(facts["in_channels"], facts["num_classes"], facts["dims"], channels=[4, 8])
     with torch.no_grad():
@@ -113,13 +126,15 @@ def _onnx_predict(folder: Path, scan: Path, out: Path, **settings) -> np.ndarray
 def test_export_then_predict_equals_the_checkpoint_prediction(name, exported, scan, cache_dir, tmp_path):
     ckpt, folder = exported[name]
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["dims"] == (3 if name == "3d" else 2) and manifest["opset"] == 17
+    assert manifest["dims"] == (3 if name.startswith("3d") else 2) and manifest["opset"] == 17
     assert manifest["context_slices"] == (1 if name == "2.5d" else 0)
+    assert manifest["spacing"] == MODELS[name]["data"].get("spacing")
+    assert manifest["intensity"]["preset"] == MODELS[name]["data"].get("intensity", {}).get("preset", "minmax")
     assert manifest["classes"]["names"] == ["background", "disc", "square", "ring"]
     import onnx
 
     onnx.checker.check_model(str(folder / "model.onnx"))
-    tta = name == "3d"  # flip TTA over the slab-wise sliding window
+    tta = name == "3d"  # flip TTA over the slab-wise sliding window (costly; once is enough)
     expect = _torch_predict(cache_dir, ckpt, scan, tmp_path, f"predict.tta={tta}")
     got = _onnx_predict(folder, scan, tmp_path, tta=tta)
     assert got.shape == (30, 27, 11)
@@ -432,3 +447,19 @@ def test_dicom_labelled_cases_score_as_their_nifti(exported, labelled_inputs, ca
     one_rows, one = _evaluate(cache_dir, ckpt, labelled_inputs["with_nifti"] / "case_1", tmp_path / "one")
     assert one_rows == rows[:1] + [r for r in rows if r.startswith("case_1,")]  # a single case folder
     assert one["per_case"] == {"case_1": summary["per_case"]["case_1"]}
+
+
+# ---------------------------------------------------------------- data.spacing with DICOM in
+def test_a_dicom_series_into_a_spacing_model_gives_the_checkpoint_masks(exported, dicom_case, cache_dir, tmp_path):
+    """The series' affine (flipped rows) read by both paths: the PyTorch one through a temporary NIfTI."""
+    folder, _ = dicom_case
+    ckpt, export = exported["3d-spacing"]
+    got = _onnx_predict_to(export, folder, tmp_path / "onnx", "series.nii.gz")
+    from medseg.tasks.predict import run_predict
+
+    cfg = _compose(cache_dir, tmp_path, "mode=predict", f"ckpt={ckpt}", f"predict.input={folder}")
+    cfg.predict.output_dir = str(tmp_path / "torch")
+    run_predict(cfg)
+    expect = np.asarray(nib.load(str(tmp_path / "torch" / "series.nii.gz")).dataobj)
+    assert got.shape == (30, 27, 11) and len(np.unique(expect)) > 1
+    assert np.array_equal(got, expect), f"{int((got != expect).sum())} voxels differ"

@@ -63,7 +63,8 @@ def _quantise(export: Path, dest: Path, ct: Path) -> Path:
     from medseg.deploy.preprocess import prepare
 
     manifest = load_manifest(export)
-    image = prepare(np.asarray(nib.load(str(ct)).dataobj, dtype=np.float32)[None], manifest)
+    scan = nib.load(str(ct))
+    image = prepare(np.asarray(scan.dataobj, dtype=np.float32)[None], manifest, scan.affine)
     picks = np.linspace(0, image.shape[-1] - 1, 8).round().astype(int)
 
     class Slices(CalibrationDataReader):

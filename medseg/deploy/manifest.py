@@ -17,7 +17,7 @@ from medseg.errors import CheckpointError
 
 FORMAT = "medseg-export"
 FORMAT_VERSION = 1
-PRESETS = ("none", "minmax", "zscore", "percentile", "ct", "imagenet")
+PRESETS = ("none", "minmax", "zscore", "zscore_nonzero", "percentile", "ct", "ct_zscore", "imagenet")
 
 
 def sha256(path: Path) -> str:
@@ -91,6 +91,13 @@ def _problem(m: Any) -> str | None:
         return "patch_size must be three integers >= 1 or null"
     if m.get("image_size") is not None and not _int_list(m["image_size"], 2):
         return "image_size must be two integers >= 1 or null"
+    spacing = m.get("spacing")
+    if spacing is not None and not (
+        isinstance(spacing, list)
+        and len(spacing) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing)
+    ):
+        return "spacing must be three numbers > 0 (mm) or null"
     if not (isinstance(m.get("scale"), (int, float)) and 0 < m["scale"] <= 1):
         return "scale must be in (0, 1]"
     intensity = m.get("intensity")

@@ -110,6 +110,14 @@ def read_case(case: Case, manifest: dict[str, Any]) -> tuple[np.ndarray, Geometr
     return image, geom, None
 
 
+def input_affine(geom: Geometry, volume: Any) -> np.ndarray | None:
+    """The affine data.spacing resampling reads: a NIfTI's as nibabel gives it; a DICOM series' as a NIfTI
+    header stores it (float32), because the PyTorch path reads a series through a temporary NIfTI."""
+    if volume is not None:
+        return geom.header.get_best_affine()
+    return None if geom.affine is None else np.asarray(geom.affine, dtype=np.float64)
+
+
 def predict_cases(
     export: Export,
     cases: list[Case],
@@ -128,7 +136,7 @@ def predict_cases(
         image, geom, volume = read_case(case, manifest)
         if image.shape[0] != channels:
             raise DataError(f"{case.name} has {image.shape[0]} channel(s) but the model expects {channels}")
-        labels = predictor.labels(prepare(image, manifest), geom.shape, cut)
+        labels = predictor.labels(prepare(image, manifest, input_affine(geom, volume)), geom.shape, cut)
         written += write_case(
             out_dir,
             case,

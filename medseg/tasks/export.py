@@ -7,8 +7,13 @@ The folder is what `mode=predict ckpt=<folder>` and `python -m medseg.deploy` ru
   with PyTorch's before the folder is written, on the export size and, for dynamic axes, on a second size;
 - window_weights.npy: MONAI's Gaussian importance map for 3D sliding windows (data, not code);
 - manifest.json: classes and names, 2D/2.5D/3D, context slices, padding, patch and sliding-window
-  settings, scale or size, the intensity preset and its values, TTA, threshold and post-processing,
-  accepted DICOM modalities, the medseg version and the SHA-256 of each file.
+  settings, the target voxel spacing (data.spacing in mm, or null), scale or size, the intensity preset
+  and its values, TTA, threshold and post-processing, accepted DICOM modalities, the medseg version and
+  the SHA-256 of each file.
+A model trained with data.spacing is exported like any other: the deployed predictor resamples each
+volume to the manifest's spacing (medseg/deploy/spacing.py, MONAI's Spacingd in numpy, from the NIfTI
+affine or the DICOM series' positions) and brings the probabilities back onto the input's grid as
+mode=predict does.
 Where it is written comes from this run's config (export.output_dir, else <run folder>/export), never
 from the checkpoint.
 """
@@ -46,11 +51,6 @@ def run_export(cfg: DictConfig) -> Path:
         raise ConfigError(f'mode=export needs onnx and onnxruntime ({exc}); pip install -e ".[deploy]"') from exc
     restored = restore_model(cfg.ckpt, torch.device("cpu"))
     data = restored.cfg.data
-    if OmegaConf.select(data, "spacing", default=None):
-        raise ConfigError(
-            f"ckpt={cfg.ckpt}: models trained with data.spacing cannot be exported yet (the deployed predictor"
-            " has no spacing resampler); train with data.spacing=null"
-        )
     out = Path(str(cfg.export.output_dir)).expanduser() if cfg.export.output_dir else run_dir(cfg) / "export"
     if (out / "manifest.json").exists():
         raise MedsegError(f"export.output_dir={out} already holds an export; choose another folder")
@@ -168,7 +168,8 @@ def build_manifest(
             "mode": "gaussian",
             "sigma_scale": 0.125,
         },
-        "spacing": None,
+        # data.spacing: the deployed predictor resamples each volume to it as training's Spacingd did
+        "spacing": [float(s) for s in data.spacing] if OmegaConf.select(data, "spacing", default=None) else None,
         "scale": float(data.scale),
         "image_size": [int(s) for s in data.image_size] if data.image_size else None,
         "intensity": {k: intensity[k] for k in ("preset", "percentiles", "ct_window", "mean", "std") if k in intensity},
