@@ -396,10 +396,17 @@ def test_sweep_report_warns_when_importance_rests_on_few_trials(tmp_path: Path) 
 
     from medseg.report.sweep_report import importance_caveat, write_sweep_report
 
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction="maximize")
-    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + t.suggest_int("batch", 1, 8), n_trials=3)
-    html = write_sweep_report(tmp_path).read_text()
+    try:
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction="maximize")
+        study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + t.suggest_int("batch", 1, 8), n_trials=3)
+        optuna.logging.set_verbosity(optuna.logging.INFO)
+        html = write_sweep_report(tmp_path).read_text()
+        # the report reads the study quietly but leaves the process-wide verbosity as it found it
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     assert 'id="importance-caveat"' in html and "only 3 completed trials over 2 parameters" in html
     assert importance_caveat(20, 2) == "" and importance_caveat(19, 2)
 

@@ -112,6 +112,9 @@ def load_study(folder: Path) -> Any | None:
         return None
     import optuna
 
+    # quiet while reading only: the verbosity is process-wide, and a sweep run later in this process
+    # (the next multirun, a test) still prints its own lines
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{db.resolve()}"
     try:
@@ -123,6 +126,8 @@ def load_study(folder: Path) -> Any | None:
     except Exception as exc:  # noqa: BLE001 - an unreadable database leaves the job folders' view
         log.warning("Optuna study in %s not read (%s); reporting the job folders only", db, exc)
         return None
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def merge_study(trials: list[dict[str, Any]], study: Any) -> None:
