@@ -264,7 +264,7 @@ def test_folds_then_crossval_then_predict(run_cli, cache_dir: Path, tmp_path: Pa
     result = json.loads((out / "crossval.json").read_text())
     assert len(result["candidates"]) == 3 and (out / "report.html").is_file()
     # the resumed run scored what a run of its own scores: configuration a alone, as a's multirun did
-    (a_alone,) = [c for c in result["candidates"] if c["name"] == "a"]
+    (a_alone,) = [c for c in result["candidates"] if c["members"] == [c["name"]] and "[4,8]" in c["name"]]
     assert a_alone["mean_dice"] == alone["chosen"]["mean_dice"]
 
     scan = tmp_path / "scan.nii.gz"
