@@ -357,3 +357,36 @@ def test_3d_patches_train_on_the_whole_loaded_batch_and_log_the_effective_batch(
     assert "batch 2 x 2 samples per volume = micro-batch 4 x accumulation 2 x 1 process(es) = effective batch 8" in (
         caplog.text
     )
+
+
+def test_history_is_written_every_epoch_and_its_picture_when_due_and_at_the_end(tmp_path):
+    """history.json after every epoch; history.png after an epoch only once plot_every_s has passed since it
+    was drawn, and always when training ends, with every epoch in it."""
+    from types import SimpleNamespace
+
+    from medseg.engine.callbacks import HistoryWriter
+
+    def epochs(writer: HistoryWriter, folder, n: int) -> SimpleNamespace:
+        trainer = SimpleNamespace(is_main_process=True, history=[])
+        writer.on_fit_start(trainer)
+        for epoch in range(1, n + 1):
+            trainer.history.append({"epoch": epoch, "train/loss": 1.0 / epoch, "lr": 1e-3})
+            writer.on_epoch_end(trainer, trainer.history[-1])
+            assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())] == list(range(1, epoch + 1))
+        return trainer
+
+    rare = tmp_path / "rare"
+    rare.mkdir()
+    writer = HistoryWriter(rare, plot_every_s=3600)
+    trainer = epochs(writer, rare, 3)
+    assert not (rare / "history.png").exists()  # short epochs: not redrawn after each
+    writer.on_fit_end(trainer)
+    assert (rare / "history.png").is_file()
+    drawn = (rare / "history.png").stat().st_mtime_ns
+    writer.on_fit_end(trainer)  # nothing new since: not drawn again
+    assert (rare / "history.png").stat().st_mtime_ns == drawn
+
+    every = tmp_path / "every"
+    every.mkdir()
+    epochs(HistoryWriter(every, plot_every_s=0), every, 1)
+    assert (every / "history.png").is_file()  # long epochs: drawn after each

@@ -10,6 +10,7 @@ import copy
 import logging
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,19 +146,40 @@ class EarlyStopping(Callback):
 
 
 class HistoryWriter(Callback):
-    """history.json (one record per epoch) and history.png, rewritten after every epoch."""
+    """history.json, rewritten after every epoch, and history.png, redrawn after an epoch when `plot_every_s`
+    seconds have passed since it was last drawn, and when training ends (however it ends).
 
-    def __init__(self, folder: str | Path, plot: bool = True) -> None:
-        self.folder, self.plot = Path(folder), plot
+    Drawing the six panels takes about half a second; every epoch of a run with second-long epochs (a
+    sweep trial on small data, the demo) spent more time on the picture than on training. Runs whose epochs
+    take a minute or more still get it after every epoch."""
+
+    def __init__(self, folder: str | Path, plot: bool = True, plot_every_s: float = 60.0) -> None:
+        self.folder, self.plot, self.plot_every_s = Path(folder), plot, plot_every_s
+        self._drawn_at = time.monotonic()
+        self._drawn_epochs = 0
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._drawn_at = time.monotonic()
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         if not trainer.is_main_process:
             return
-        from medseg.engine.history import plot_history, write_history
+        from medseg.engine.history import write_history
 
         write_history(self.folder / "history.json", trainer.history)
+        if time.monotonic() - self._drawn_at >= self.plot_every_s:
+            self._draw(trainer)
+
+    def on_fit_end(self, trainer: Any) -> None:
+        if trainer.is_main_process and len(trainer.history) > self._drawn_epochs:
+            self._draw(trainer)
+
+    def _draw(self, trainer: Any) -> None:
+        from medseg.engine.history import plot_history
+
         if self.plot:
             plot_history(self.folder / "history.png", trainer.history)
+        self._drawn_at, self._drawn_epochs = time.monotonic(), len(trainer.history)
 
 
 class TrackerBridge(Callback):
