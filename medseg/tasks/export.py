@@ -15,7 +15,8 @@ volume to the manifest's spacing (medseg/deploy/spacing.py, MONAI's Spacingd in 
 affine or the DICOM series' positions) and brings the probabilities back onto the input's grid as
 mode=predict does.
 Where it is written comes from this run's config (export.output_dir, else <run folder>/export), never
-from the checkpoint.
+from the checkpoint. ckpt=<crossval folder or crossval.json> exports the chosen ensemble and its
+post-processing (medseg/tasks/export_ensemble.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import medseg
-from medseg.deploy.manifest import FORMAT, FORMAT_VERSION, sha256, write_manifest
+from medseg.deploy.manifest import FORMAT, sha256, write_manifest
 from medseg.dicom.cases import trained_modalities
 from medseg.errors import ConfigError, MedsegError
 from medseg.inference.predictor import context_slices
@@ -49,13 +50,36 @@ def run_export(cfg: DictConfig) -> Path:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise ConfigError(f'mode=export needs onnx and onnxruntime ({exc}); pip install -e ".[deploy]"') from exc
+    from medseg.crossval.apply import crossval_file
+
+    source = crossval_file(cfg.ckpt)
+    if source is not None:  # ckpt= names the outcome of mode=crossval: one ONNX file per model
+        from medseg.tasks.export_ensemble import export_crossval
+
+        return export_crossval(cfg, source)
     restored = restore_model(cfg.ckpt, torch.device("cpu"))
-    data = restored.cfg.data
+    out = output_folder(cfg)
+    opset = int(cfg.export.opset)
+    model, dynamic = export_model(restored, out, "model.onnx", opset, str(cfg.ckpt))
+    files = window_weights(restored, out, "window_weights.npy")
+    manifest = build_manifest(cfg, restored, opset, dynamic, files, model["sha256"])
+    write_manifest(out, manifest)
+    log.info("exported %s to %s (opset %d, dynamic spatial axes: %s)", cfg.ckpt, out, opset, dynamic)
+    return out
+
+
+def output_folder(cfg: DictConfig) -> Path:
+    """export.output_dir, else <run folder>/export; created, and refused when it already holds an export."""
     out = Path(str(cfg.export.output_dir)).expanduser() if cfg.export.output_dir else run_dir(cfg) / "export"
     if (out / "manifest.json").exists():
         raise MedsegError(f"export.output_dir={out} already holds an export; choose another folder")
     out.mkdir(parents=True, exist_ok=True)
-    opset = int(cfg.export.opset)
+    return out
+
+
+def export_model(restored: Any, out: Path, name: str, opset: int, source: str) -> tuple[dict[str, str], bool]:
+    """The restored network as out/<name>, checked against PyTorch; ({file, sha256}, dynamic spatial axes)."""
+    data = restored.cfg.data
     dims, k = int(data.dims), int(data.pad_divisible)
     patch = [int(p) for p in data.patch_size] if data.patch_size else None
     example, other = _example_shapes(dims, patch, k, restored.in_channels)
@@ -63,32 +87,31 @@ def run_export(cfg: DictConfig) -> Path:
     # the graph ends at the logits: onnxruntime's Softmax over the class axis (not the last one) transposes
     # the whole output twice and was 62% of a 118-class 2D forward; the deployed predictor applies its own
     # softmax on its threads (3D windows blend logits first anyway)
-    output = "logits"
     network = restored.model
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
+        onnx_path = Path(tmp) / name
         _export_onnx(network, example, onnx_path, opset, dims, dynamic)
         if dynamic and not _agrees(network, onnx_path, other):
             log.info("the network does not run on other sizes with dynamic axes; exporting fixed sizes")
             dynamic = False
             _export_onnx(network, example, onnx_path, opset, dims, dynamic)
         if not _agrees(network, onnx_path, example):
-            raise MedsegError(f"ckpt={cfg.ckpt}: onnxruntime's output differs from PyTorch's by more than {TOLERANCE}")
-        shutil.move(str(onnx_path), out / "model.onnx")
-    files = []
-    if dims == 3 and patch:
-        from monai.data.utils import compute_importance_map
+            raise MedsegError(f"ckpt={source}: onnxruntime's output differs from PyTorch's by more than {TOLERANCE}")
+        shutil.move(str(onnx_path), out / name)
+    return {"file": name, "sha256": sha256(out / name)}, dynamic
 
-        weights = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125, dtype=torch.float32)
-        np.save(out / "window_weights.npy", weights.cpu().numpy().astype(np.float32))
-        files.append(
-            {"file": "window_weights.npy", "role": "window_weights", "sha256": sha256(out / "window_weights.npy")}
-        )
-    manifest = build_manifest(cfg, restored, opset, dynamic, files, sha256(out / "model.onnx"))
-    manifest["output"] = output
-    write_manifest(out, manifest)
-    log.info("exported %s to %s (opset %d, dynamic spatial axes: %s)", cfg.ckpt, out, opset, dynamic)
-    return out
+
+def window_weights(restored: Any, out: Path, name: str) -> list[dict[str, str]]:
+    """MONAI's Gaussian importance map of a 3D patch model as out/<name> (its files entry), else nothing."""
+    data = restored.cfg.data
+    if int(data.dims) != 3 or not data.patch_size:
+        return []
+    from monai.data.utils import compute_importance_map
+
+    patch = [int(p) for p in data.patch_size]
+    weights = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125, dtype=torch.float32)
+    np.save(out / name, weights.cpu().numpy().astype(np.float32))
+    return [{"file": name, "role": "window_weights", "sha256": sha256(out / name)}]
 
 
 def _example_shapes(dims: int, patch: list[int] | None, k: int, channels: int) -> tuple[tuple, tuple]:
@@ -140,23 +163,46 @@ def _agrees(model: torch.nn.Module, path: Path, shape: tuple) -> bool:
 def build_manifest(
     cfg: DictConfig, restored: Any, opset: int, dynamic: bool, files: list[dict], model_sha: str
 ) -> dict[str, Any]:
-    data = restored.cfg.data
-    intensity = OmegaConf.to_container(data.intensity, resolve=True)
-    assert isinstance(intensity, dict)
+    models = [{"file": "model.onnx", "sha256": model_sha}]
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "medseg_version": medseg.__version__,
-        "opset": opset,
-        "dynamic_spatial": dynamic,
-        "models": [{"file": "model.onnx", "sha256": model_sha}],
-        "files": files,
-        "input": {"name": "image", "channels": restored.in_channels},
+        **configuration_keys(cfg, restored, opset, dynamic, models, files),
+        **shared_keys(cfg, restored),
+        "source": {"checkpoint_sha256": sha256(Path(str(cfg.ckpt)).expanduser()), "epoch": restored.ckpt.get("epoch")},
+    }
+
+
+def shared_keys(cfg: DictConfig, restored: Any) -> dict[str, Any]:
+    """The manifest keys every configuration of an export shares: classes, threshold, DICOM modalities."""
+    return {
         "classes": {
             "count": restored.num_classes,
             "names": list(restored.class_names),
             "mask_values": restored.ckpt.get("mask_values"),
         },
+        "threshold": float(cfg.predict.threshold),
+        "postprocessing": [],
+        "modalities": trained_modalities(str(restored.cfg.data.intensity.preset), cfg.export.modalities),
+    }
+
+
+def configuration_keys(
+    cfg: DictConfig, restored: Any, opset: int, dynamic: bool, models: list[dict], files: list[dict]
+) -> dict[str, Any]:
+    """The manifest keys of one configuration (medseg/deploy/manifest.py GROUP_KEYS): its files and how it
+    reads an image."""
+    data = restored.cfg.data
+    intensity = OmegaConf.to_container(data.intensity, resolve=True)
+    assert isinstance(intensity, dict)
+    return {
+        "opset": opset,
+        "dynamic_spatial": dynamic,
+        "models": models,
+        "files": files,
+        "input": {"name": "image", "channels": restored.in_channels},
+        "output": "logits",
         "dims": int(data.dims),
         "slice_axis": int(data.slice_axis),
         "context_slices": context_slices(data),
@@ -174,8 +220,4 @@ def build_manifest(
         "image_size": [int(s) for s in data.image_size] if data.image_size else None,
         "intensity": {k: intensity[k] for k in ("preset", "percentiles", "ct_window", "mean", "std") if k in intensity},
         "tta": mirroring_at_test_time(cfg.predict.tta, restored),  # as predict would
-        "threshold": float(cfg.predict.threshold),
-        "postprocessing": [],
-        "modalities": trained_modalities(str(data.intensity.preset), cfg.export.modalities),
-        "source": {"checkpoint_sha256": sha256(Path(str(cfg.ckpt)).expanduser()), "epoch": restored.ckpt.get("epoch")},
     }
