@@ -1,7 +1,7 @@
 """mode=export ckpt=<crossval folder or crossval.json>: the chosen ensemble as one export folder.
 
 Every checkpoint crossval.json chose becomes one ONNX file, exported and checked against PyTorch like a
-single model (medseg/tasks/export.py), each with its SHA-256 in the manifest. The folds of one
+single model (medseg/tasks/onnx_model.py), each with its SHA-256 in the manifest. The folds of one
 configuration share its preprocessing and are listed together; an ensemble of configurations with their
 own preprocessing (say 2D and 3D) gets one `configurations` entry each (docs/deploy.md), and the deployed
 predictor averages their probabilities slice by slice on the output grid, as `mode=predict ckpt=<crossval
@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 import medseg
 from medseg.crossval.apply import restore_choice
 from medseg.deploy.manifest import FORMAT, FORMAT_VERSION, sha256, write_manifest
-from medseg.tasks.export import configuration_keys, export_model, output_folder, shared_keys, window_weights
+from medseg.tasks.onnx_model import configuration_keys, export_model, output_folder, shared_keys, window_weights
 
 log = logging.getLogger(__name__)
 
