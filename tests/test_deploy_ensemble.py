@@ -126,3 +126,33 @@ def test_a_tampered_member_of_an_exported_ensemble_is_refused(ensembles, tmp_pat
     member.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"model_1_1\.onnx does not match the SHA-256 in .*manifest\.json"):
         open_export(export)
+
+
+@pytest.mark.slow
+def test_predicting_with_an_exported_ensemble_imports_no_torch_or_scipy(ensembles, scan, tmp_path):
+    """python -m medseg.deploy with the 2D + 3D export and its post-processing, in a fresh process where torch,
+    MONAI and scipy cannot be imported (as on a machine with only the deploy extra; nibabel takes scipy only
+    when it is there), and which imports no training code."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    export = ensembles["2D + 3D"][1]
+    script = f"""
+import json, runpy, sys
+for name in ("torch", "monai", "scipy"):
+    sys.modules[name] = None  # an import of it raises ImportError
+sys.argv = ["medseg.deploy", "{export}", "{scan}", "{tmp_path}/out"]
+try:
+    runpy.run_module("medseg.deploy", run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+training = ("medseg.engine", "medseg.models", "medseg.data", "medseg.tasks", "medseg.crossval")
+print(json.dumps(sorted(m for m in sys.modules if m.startswith(training))))
+"""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert (tmp_path / "out" / scan.name).is_file()
