@@ -6,9 +6,10 @@ labels, each class within its own bounding box, and the same connectivity as sci
 generate_binary_structure(ndim, ndim): full (26 neighbours in 3D, 8 in 2D). Components come from a
 vectorised union-find over the voxel pairs of the half-neighbourhood (13 offsets in 3D, 4 in 2D): for one
 offset at a time, the larger root of every joined pair is hooked onto the smaller, then paths are compressed
-until every voxel points at its root; passes repeat until no pair joins two roots. A component's root is its first voxel in C order, which is the order in which scipy numbers
-components, so a tie between equally large components is broken as scipy.ndimage breaks it (the lowest
-label wins argmax). tests/test_deploy_postprocess.py compares both on random and structured masks.
+until every voxel points at its root; passes repeat until no pair joins two roots. A component's root is
+its first voxel in C order, which is the order in which scipy numbers components, so a tie between equally
+large components is broken as scipy.ndimage breaks it (the lowest label wins argmax).
+tests/test_deploy_postprocess.py compares both on random and structured masks in 2D and 3D.
 Memory: an int32 index over the box, a parent per foreground voxel and the pairs of one offset (a 1.2
 million voxel ball in a 224x224x160 box, on this project's 2-core machine: 0.6 s and 80 MB allocated at
 peak (tracemalloc), where holding every offset's pairs at once took 2.4 s and 538 MB; scipy: 0.3 s).
