@@ -98,3 +98,19 @@ def run_cli(cache_dir: Path, tmp_path: Path) -> Callable[..., subprocess.Complet
         return proc
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def exported(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """The deploy tests' demo models as checkpoints and exports: name -> (best.pt, export folder)."""
+    from tests.deploy_models import export_models
+
+    return export_models(cache_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A volume of a size no model was trained on (not divisible by 16, odd slice count)."""
+    from tests.deploy_models import write_scan
+
+    return write_scan(tmp_path_factory)

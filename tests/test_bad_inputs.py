@@ -1065,6 +1065,71 @@ def _export_with_spacing(spacing: Any) -> Callable[[Ctx], list[str]]:
     return setup
 
 
+def _export_crossval(ctx: Ctx, crossval: str) -> list[str]:
+    folder = _crossval_json(ctx, crossval)
+    return ["mode=export", f"ckpt={folder}", f"export.output_dir={ctx.tmp}/export", "logger=none"]
+
+
+def _crossval_along_two_axes(ctx: Ctx) -> list[str]:
+    """crossval.json choosing two configurations whose checkpoints predict along different slice axes."""
+    import json
+
+    import yaml
+
+    def axis_0(payload: dict[str, Any]) -> None:
+        cfg = yaml.safe_load(payload["config_yaml"])
+        cfg["data"]["slice_axis"] = 0
+        payload["config_yaml"] = yaml.safe_dump(cfg)
+
+    other = _edit_checkpoint(ctx, axis_0, "axis0.pt")
+    configs = [{"name": "a", "checkpoints": [str(ctx.best)]}, {"name": "b", "checkpoints": [str(other)]}]
+    return _export_crossval(
+        ctx, json.dumps({"chosen": {"name": "a + b", "configurations": configs}, "postprocessing": {}})
+    )
+
+
+def _no_export_written(ctx: Ctx, outcome: Outcome) -> None:
+    assert not (ctx.tmp / "export").exists() or not list((ctx.tmp / "export").iterdir())
+
+
+def _ensemble_manifest(change: Callable[[dict[str, Any]], None]) -> Callable[[Ctx], list[str]]:
+    """An export folder of a two-configuration ensemble whose manifest is well-formed but for `change` (the
+    manifest is checked before any model file is opened, so none is needed)."""
+
+    def setup(ctx: Ctx) -> list[str]:
+        import json
+
+        folder = ctx.tmp / "export"
+        folder.mkdir()
+        keys = {"input": {"name": "image", "channels": 1}, "dims": 2, "slice_axis": 2, "context_slices": 0}
+        keys |= {"pad_divisible": 16, "patch_size": None, "image_size": None, "spacing": None, "scale": 1.0}
+        keys |= {"intensity": {"preset": "minmax"}, "files": []}
+        models = [{"file": f"model_{i}_0.onnx", "sha256": "0" * 64} for i in range(2)]
+        manifest = {
+            "format": "medseg-export",
+            "format_version": 2,
+            "models": models,
+            "classes": {"count": 2, "names": ["background", "fg"]},
+            "modalities": ["CT"],
+            "postprocessing": [{"class": "fg", "operation": "largest_component"}],
+            **keys,
+            "configurations": [{"name": n, **keys, "models": [m]} for n, m in zip("ab", models)],
+        }
+        change(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return ["mode=predict", f"ckpt={folder}", f"predict.input={ctx.image}", "logger=none"]
+
+    return setup
+
+
+def _set_postprocessing(manifest: dict[str, Any]) -> None:
+    manifest["postprocessing"] = [{"class": "fg", "operation": "largest_hole"}]
+
+
+def _unlisted_member(manifest: dict[str, Any]) -> None:
+    manifest["configurations"][1]["models"] = [{"file": "model_9_0.onnx", "sha256": "0" * 64}]
+
+
 DEPLOY_ROWS = [
     Row("dicom-gantry-tilt", _dicom({"tilt": 0.5}), r"dicom \(series .*\): gantry tilt: slices are not stacked"),
     Row(
@@ -1133,6 +1198,29 @@ DEPLOY_ROWS = [
         _export_with_spacing([1.0, 0.0, 1.5]),
         r"export/manifest\.json: spacing must be three numbers > 0 \(mm\) or null; export the model again",
     ),
+    Row(
+        "export-crossval-damaged",
+        lambda ctx: _export_crossval(ctx, '{"chosen": {"name": "x"'),
+        r"cv/crossval\.json cannot be read as the result of mode=crossval; rerun crossval",
+        check=_no_export_written,
+    ),
+    Row(
+        "export-crossval-slice-axes",
+        _crossval_along_two_axes,
+        r"cv/crossval\.json: the chosen configurations predict along different slice axes",
+        check=_no_export_written,
+    ),
+    Row(
+        "export-manifest-postprocessing",
+        _ensemble_manifest(_set_postprocessing),
+        r"export/manifest\.json: postprocessing .*largest_hole.* must name a foreground class and one of"
+        r" largest_component, largest_foreground; export the model again",
+    ),
+    Row(
+        "export-manifest-unlisted-member",
+        _ensemble_manifest(_unlisted_member),
+        r"export/manifest\.json: configurations\[1\] \(b\) names a file that the top-level models/files do not list",
+    ),
 ]
 
 ROWS = (
@@ -1151,7 +1239,7 @@ ROWS = (
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 113
+    assert len(ROWS) >= 117
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

@@ -80,12 +80,31 @@ class EnsemblePredictor:
         return apply_postprocessing(labels, self.ops)
 
 
-def load_ensemble(path: Path, device: torch.device, pcfg: Any) -> EnsemblePredictor:
-    from medseg.inference.predictor import context_slices
-    from medseg.tasks.restore import checkpoint_predictor, restore_model
+@dataclass
+class Configuration:
+    name: str
+    checkpoints: list[str]  # as crossval.json names them, one per fold
+    restored: list[Any]  # medseg.tasks.restore.Restored, in the same order
 
-    choice = _read_choice(path)
-    members: list[Member] = []
+
+@dataclass
+class Choice:
+    """crossval.json's chosen result, restored and checked: its configurations with their restored folds,
+    the class names and mask values they share, and the post-processing {class index: operation}."""
+
+    name: str
+    configurations: list[Configuration]
+    class_names: list[str]
+    mask_values: Any
+    ops: dict[int, str]
+
+
+def restore_choice(path: Path, device: torch.device) -> Choice:
+    """Restore every checkpoint crossval.json chose, with the checks predict and export both need."""
+    from medseg.tasks.restore import restore_model
+
+    choice = read_choice(path)
+    configurations: list[Configuration] = []
     names: list[str] | None = None
     mask_values = None
     for config in choice["configurations"]:
@@ -101,12 +120,9 @@ def load_ensemble(path: Path, device: torch.device, pcfg: Any) -> EnsemblePredic
             names, mask_values = first.class_names, first.ckpt.get("mask_values")
         elif first.class_names != names:
             raise CheckpointError(f"{path}: configuration {config['name']} predicts other classes than the first")
-        data_cfg = first.cfg.data
-        predictor = checkpoint_predictor(first, pcfg, device, models=[r.model for r in restored])
-        channels = first.in_channels // (2 * context_slices(data_cfg) + 1)
-        members.append(Member(str(config["name"]), data_cfg, predictor, channels, str(first.cfg.trainer.precision)))
+        configurations.append(Configuration(str(config["name"]), [str(p) for p in config["checkpoints"]], restored))
     assert names is not None
-    if len({int(m.data_cfg.slice_axis) for m in members}) > 1:
+    if len({int(c.restored[0].cfg.data.slice_axis) for c in configurations}) > 1:
         raise CheckpointError(f"{path}: the chosen configurations predict along different slice axes")
     ops = {}
     for name, decision in choice["postprocessing"].items():
@@ -116,16 +132,32 @@ def load_ensemble(path: Path, device: torch.device, pcfg: Any) -> EnsemblePredic
         if op not in OPERATIONS or name not in names[1:]:
             raise CheckpointError(f"{path}: post-processing {name}={op!r} names no class or operation; rerun crossval")
         ops[names.index(name)] = op
+    return Choice(choice["name"], configurations, list(names), mask_values, ops)
+
+
+def load_ensemble(path: Path, device: torch.device, pcfg: Any) -> EnsemblePredictor:
+    from medseg.inference.predictor import context_slices
+    from medseg.tasks.restore import checkpoint_predictor
+
+    choice = restore_choice(path, device)
+    members: list[Member] = []
+    for config in choice.configurations:
+        first = config.restored[0]
+        data_cfg = first.cfg.data
+        predictor = checkpoint_predictor(first, pcfg, device, models=[r.model for r in config.restored])
+        channels = first.in_channels // (2 * context_slices(data_cfg) + 1)
+        members.append(Member(config.name, data_cfg, predictor, channels, str(first.cfg.trainer.precision)))
+    names, ops = choice.class_names, choice.ops
     log.info(
         "ensemble %s: %s; post-processing: %s",
-        choice["name"],
+        choice.name,
         ", ".join(f"{m.name} ({len(m.predictor.models)} model(s))" for m in members),
         ", ".join(f"{names[c]} {op}" for c, op in ops.items()) or "none",
     )
-    return EnsemblePredictor(members, names, ops, mask_values)
+    return EnsemblePredictor(members, names, ops, choice.mask_values)
 
 
-def _read_choice(path: Path) -> dict[str, Any]:
+def read_choice(path: Path) -> dict[str, Any]:
     try:
         result = json.loads(path.read_text())
         chosen = result["chosen"]

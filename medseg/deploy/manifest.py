@@ -4,6 +4,14 @@ files it loads.
 Nothing in the manifest is executed or names where to write; it is read with json and type-checked
 here, and every file it lists must exist beside it with the SHA-256 it records (a changed model file is
 refused before onnxruntime opens it).
+
+An export of a crossval ensemble (format_version 2) may hold several configurations with their own
+preprocessing (say 2D and 3D): its `configurations` list gives each one's model files and preprocessing
+keys (GROUP_KEYS), read over the top-level keys (`views`); the top level describes the first configuration
+and lists every file of every configuration in `models` / `files`, whose checksums are verified.
+`postprocessing` lists the connected-component operation chosen per class by mode=crossval. Version 1
+manifests (one configuration, no post-processing) still load; an older medseg refuses version 2 instead of
+predicting without the rest of the ensemble or its post-processing.
 """
 
 from __future__ import annotations
@@ -16,7 +24,29 @@ from typing import Any
 from medseg.errors import CheckpointError
 
 FORMAT = "medseg-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written when a manifest holds several configurations or post-processing, else 1
+READABLE_VERSIONS = (1, 2)
+OPERATIONS = ("largest_component", "largest_foreground")  # medseg/deploy/postprocess.py
+GROUP_KEYS = (
+    "name",
+    "opset",
+    "dynamic_spatial",
+    "models",
+    "files",
+    "input",
+    "output",
+    "dims",
+    "slice_axis",
+    "context_slices",
+    "pad_divisible",
+    "patch_size",
+    "sliding_window",
+    "spacing",
+    "scale",
+    "image_size",
+    "intensity",
+    "tta",
+)
 PRESETS = ("none", "minmax", "zscore", "zscore_nonzero", "percentile", "ct", "ct_zscore", "imagenet")
 
 
@@ -53,6 +83,20 @@ def load_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def views(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One manifest per configuration: each configuration's keys over the top-level ones."""
+    groups = manifest.get("configurations")
+    if not groups:
+        return [manifest]
+    return [{**manifest, **group} for group in groups]
+
+
+def postprocessing_ops(manifest: dict[str, Any]) -> dict[int, str]:
+    """{class index: operation} from the manifest's postprocessing list (checked by load_manifest)."""
+    names = manifest["classes"]["names"]
+    return {names.index(e["class"]): e["operation"] for e in manifest.get("postprocessing") or []}
+
+
 def _int_list(value: Any, n: int | None = None) -> bool:
     ok = isinstance(value, list) and all(isinstance(v, int) and v >= 1 for v in value)
     return ok and (n is None or len(value) == n)
@@ -62,8 +106,45 @@ def _problem(m: Any) -> str | None:
     """What is wrong with a manifest (None when it is well-formed)."""
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         return f"not a {FORMAT} manifest"
-    if m.get("format_version") != FORMAT_VERSION:
-        return f"format_version {m.get('format_version')!r} is not {FORMAT_VERSION}"
+    if m.get("format_version") not in READABLE_VERSIONS:
+        return f"format_version {m.get('format_version')!r} is not one of {', '.join(map(str, READABLE_VERSIONS))}"
+    groups = m.get("configurations")
+    if groups is not None:
+        if m["format_version"] < 2 or not (isinstance(groups, list) and groups):
+            return "configurations must be a non-empty list (format_version 2)"
+        listed = [e for e in [*(m.get("models") or []), *(m.get("files") or [])] if isinstance(e, dict)]
+        for i, group in enumerate(groups):
+            if not isinstance(group, dict) or set(group) - set(GROUP_KEYS) or not isinstance(group.get("name"), str):
+                return f"configurations[{i}] must be a named object of {', '.join(GROUP_KEYS[1:])}"
+            problem = _view_problem({**m, **group})
+            if problem:
+                return f"configurations[{i}] ({group['name']}): {problem}"
+            if any(e not in listed for e in [*group["models"], *(group.get("files") or [])]):
+                return f"configurations[{i}] ({group['name']}) names a file that the top-level models/files do not list"
+        if len({v.get("slice_axis") for v in views(m)}) > 1:
+            return "the configurations predict along different slice axes"
+    return _view_problem(m) or _postprocessing_problem(m)
+
+
+def _postprocessing_problem(m: dict[str, Any]) -> str | None:
+    ops = m.get("postprocessing") or []
+    names = m["classes"]["names"]
+    if not isinstance(ops, list):
+        return "postprocessing must be a list"
+    seen = set()
+    for e in ops:
+        if not (isinstance(e, dict) and e.get("class") in names[1:] and e.get("operation") in OPERATIONS):
+            return f"postprocessing {e!r} must name a foreground class and one of {', '.join(OPERATIONS)}"
+        if e["class"] in seen:
+            return f"postprocessing names class {e['class']!r} twice"
+        seen.add(e["class"])
+    if ops and m["format_version"] < 2:
+        return "postprocessing needs format_version 2"
+    return None
+
+
+def _view_problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with the keys of one configuration (over the top level)."""
     files = [*(m.get("models") or []), *(m.get("files") or [])]
     if not m.get("models") or not all(
         isinstance(e, dict)

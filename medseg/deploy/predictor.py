@@ -14,8 +14,10 @@ voxel (tests/test_deploy.py compares them):
 - softmax (earlier exports end their 2D graphs with it; their manifest says output "probabilities"),
   optional flip TTA (every combination of spatial axes), in-plane bilinear resizing
   and the streaming linear blend along the slice axis (medseg/deploy/resample.py), then argmax (or the
-  two-class threshold). An ensemble (several model files) averages the softmax probabilities of its
-  members.
+  two-class threshold). The folds of one configuration (several model files) have their softmax
+  probabilities averaged per batch; configurations with their own preprocessing (a crossval ensemble of
+  2D and 3D) each stream probability slices on the output grid, averaged slice by slice
+  (`ensemble_labels`), as medseg/crossval/apply.py does.
 
 Softmax, resizing and argmax run on `threads` threads, each on its own part of the array (numpy
 releases the GIL in them): onnxruntime's graph only runs the network, and this per-voxel work over
@@ -64,22 +66,29 @@ class OnnxPredictor:
 
     def labels(self, image: np.ndarray, shape: tuple[int, ...], threshold: float | None = None) -> np.ndarray:
         """image (C, *spatial) in the model's space -> class indices (int16) on the grid `shape`."""
+        out = None
+        for t, probs in self.probability_slices(image, shape):
+            if out is None:
+                out = np.zeros((slice_count(image, shape, self.axis), *probs.shape[1:]), dtype=np.int16)
+            out[t] = self._in_parts(lambda part: to_labels(part, threshold), probs, 1, axis=0)
+        assert out is not None
+        return from_slices(out, image.ndim == 3, self.axis)
+
+    def probability_slices(self, image: np.ndarray, shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
+        """(t, probabilities (K, a, b)) for each target slice t along the slice axis, in order, on the grid
+        `shape` (a native 2D image is one slice), as VolumePredictor.probability_slices yields them."""
         native_2d = image.ndim == 3
         if native_2d:
             image, shape, axis = image[..., None], (*shape, 1), 2
         else:
             axis = self.axis
         target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
-        out = np.zeros(target, dtype=np.int16)
         along = AlongAxis(image.shape[axis + 1], target[0])
         in_plane = {2: target[1], 3: target[2]}
         for chunk in self._chunks(image, axis):  # (K, n, a, b)
             chunk = self._in_parts(lambda part: linear_resize(part, in_plane), chunk, 0)
-            for t, probs in along.feed(chunk):
-                out[t] = self._in_parts(lambda part: to_labels(part, threshold), probs, 1, axis=0)
+            yield from along.feed(chunk)
         assert along.done(), "every target slice is written"
-        out = np.ascontiguousarray(np.moveaxis(out, 0, axis))
-        return out[..., 0] if native_2d else out
 
     # ------------------------------------------------------------------ chunks of probabilities
     def _chunks(self, image: np.ndarray, axis: int) -> Iterator[np.ndarray]:
@@ -230,6 +239,40 @@ def _bounds(length: int, parts: int) -> list[tuple[int, int]]:
     """[start, stop) of up to `parts` near-equal pieces of range(length)."""
     edges = np.linspace(0, length, min(parts, max(1, length)) + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def slice_count(image: np.ndarray, shape: tuple[int, ...], axis: int) -> int:
+    """Target slices along the slice axis (1 for a native 2D image)."""
+    return 1 if image.ndim == 3 else int(shape[axis])
+
+
+def from_slices(stack: np.ndarray, native_2d: bool, axis: int) -> np.ndarray:
+    """A (S, a, b) stack of target slices back to the grid's own axis order ((W, H) for a native 2D image)."""
+    if native_2d:
+        return stack[0]
+    return np.ascontiguousarray(np.moveaxis(stack, 0, axis))
+
+
+def ensemble_labels(
+    predictors: Sequence[OnnxPredictor], images: Sequence[np.ndarray], shape: tuple[int, ...], threshold: float | None
+) -> np.ndarray:
+    """Class indices on `shape` from configurations that each read the image through their own preprocessing
+    (`images`, one per predictor): each target slice's probabilities are averaged over them as they arrive,
+    as medseg/crossval/apply.py's EnsemblePredictor does, then turned into labels and dropped."""
+    if len(predictors) == 1:
+        return predictors[0].labels(images[0], shape, threshold)
+    first = predictors[0]
+    streams = [p.probability_slices(image, shape) for p, image in zip(predictors, images)]
+    out = None
+    for parts in zip(*streams):
+        t = parts[0][0]
+        assert all(p[0] == t for p in parts), "configurations emit the same target slices in order"
+        probs = sum(p[1] for p in parts) / len(parts)  # the PyTorch path's sum and division, in float32
+        if out is None:
+            out = np.zeros((slice_count(images[0], shape, first.axis), *probs.shape[1:]), dtype=np.int16)
+        out[t] = first._in_parts(lambda part: to_labels(part, threshold), probs, 1, axis=0)
+    assert out is not None
+    return from_slices(out, images[0].ndim == 3, first.axis)
 
 
 def to_labels(probs: np.ndarray, threshold: float | None) -> np.ndarray:

@@ -1,4 +1,10 @@
-"""Open an export folder and predict cases with it (no torch, no training code)."""
+"""Open an export folder and predict cases with it (no torch, no training code).
+
+An export of a crossval ensemble predicts as `mode=predict ckpt=<crossval folder>` does: each configuration
+prepares the image its own way, its folds' probabilities are averaged per batch, the configurations' per
+output slice (medseg/deploy/predictor.py `ensemble_labels`), and the chosen post-processing is applied to
+the integer mask (medseg/deploy/postprocess.py).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from medseg.deploy.manifest import load_manifest
+from medseg.deploy.manifest import load_manifest, postprocessing_ops, views
 from medseg.deploy.outputs import volume_geometry, write_case
-from medseg.deploy.predictor import OnnxPredictor
+from medseg.deploy.postprocess import apply_postprocessing
+from medseg.deploy.predictor import OnnxPredictor, ensemble_labels
 from medseg.deploy.preprocess import prepare
 from medseg.dicom.cases import Case, check_output_format
 from medseg.dicom.series import read_volume
@@ -22,24 +29,45 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Export:
-    folder: Path
+class Configuration:
+    """One configuration of an export: its manifest view (medseg/deploy/manifest.py `views`), the
+    onnxruntime sessions of its model files (the folds, averaged per batch) and its window weights."""
+
     manifest: dict[str, Any]
     sessions: list[Any]
     window_weights: np.ndarray | None
+
+
+@dataclass
+class Export:
+    folder: Path
+    manifest: dict[str, Any]
+    configurations: list[Configuration]
     threads: int = 1  # onnxruntime's intra-op threads; the predictor's numpy work uses as many
 
     def predictor(self, tta: bool | None = None, overlap: float | None = None, batch_size: int | None = None):
-        sw = self.manifest["sliding_window"]
-        return OnnxPredictor(
-            self.sessions,
-            self.manifest,
-            self.window_weights,
-            tta=bool(self.manifest["tta"] if tta is None else tta),
-            overlap=float(sw["overlap"] if overlap is None else overlap),
-            batch_size=int(sw["batch_size"] if batch_size is None else batch_size),
-            threads=self.threads,
-        )
+        """The predictor of the first (for most exports: the only) configuration."""
+        return self.predictors(tta, overlap, batch_size)[0]
+
+    def predictors(
+        self, tta: bool | None = None, overlap: float | None = None, batch_size: int | None = None
+    ) -> list[OnnxPredictor]:
+        """One predictor per configuration; tta / overlap / batch_size override the manifest's for each."""
+        out = []
+        for conf in self.configurations:
+            sw = conf.manifest["sliding_window"]
+            out.append(
+                OnnxPredictor(
+                    conf.sessions,
+                    conf.manifest,
+                    conf.window_weights,
+                    tta=bool(conf.manifest["tta"] if tta is None else tta),
+                    overlap=float(sw["overlap"] if overlap is None else overlap),
+                    batch_size=int(sw["batch_size"] if batch_size is None else batch_size),
+                    threads=self.threads,
+                )
+            )
+        return out
 
 
 def open_export(folder: str | Path, threads: int | None = None) -> Export:
@@ -63,21 +91,24 @@ def open_export(folder: str | Path, threads: int | None = None) -> Export:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
-    sessions = []
-    for entry in manifest["models"]:
-        try:
-            sessions.append(
-                ort.InferenceSession(str(path / entry["file"]), options, providers=["CPUExecutionProvider"])
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{path / entry['file']} cannot be loaded by onnxruntime ({exc})") from exc
-    weights = None
-    for entry in manifest.get("files", []):
-        if entry.get("role") == "window_weights":
-            weights = np.load(path / entry["file"], allow_pickle=False).astype(np.float32)
-    if manifest.get("patch_size") and int(manifest["dims"]) == 3 and weights is None:
-        raise CheckpointError(f"{path}/manifest.json lists no window_weights for its 3D patches; export again")
-    return Export(path, manifest, sessions, weights, int(threads) if threads else _cores())
+    configurations = []
+    for view in views(manifest):
+        sessions = []
+        for entry in view["models"]:
+            try:
+                sessions.append(
+                    ort.InferenceSession(str(path / entry["file"]), options, providers=["CPUExecutionProvider"])
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise CheckpointError(f"{path / entry['file']} cannot be loaded by onnxruntime ({exc})") from exc
+        weights = None
+        for entry in view.get("files", []):
+            if entry.get("role") == "window_weights":
+                weights = np.load(path / entry["file"], allow_pickle=False).astype(np.float32)
+        if view.get("patch_size") and int(view["dims"]) == 3 and weights is None:
+            raise CheckpointError(f"{path}/manifest.json lists no window_weights for its 3D patches; export again")
+        configurations.append(Configuration(view, sessions, weights))
+    return Export(path, manifest, configurations, int(threads) if threads else _cores())
 
 
 def _cores() -> int:
@@ -128,15 +159,22 @@ def predict_cases(
 ) -> list[Path]:
     check_output_format(output_format, cases)
     manifest = export.manifest
-    predictor = export.predictor(**settings)
-    channels = int(manifest["input"]["channels"]) // (2 * int(manifest["context_slices"]) + 1)
+    predictors = export.predictors(**settings)
+    confs = [c.manifest for c in export.configurations]
+    ops = postprocessing_ops(manifest)
     cut = float(manifest["threshold"] if threshold is None else threshold)
     written: list[Path] = []
     for case in cases:
         image, geom, volume = read_case(case, manifest)
-        if image.shape[0] != channels:
-            raise DataError(f"{case.name} has {image.shape[0]} channel(s) but the model expects {channels}")
-        labels = predictor.labels(prepare(image, manifest, input_affine(geom, volume)), geom.shape, cut)
+        affine = input_affine(geom, volume)
+        images = []
+        for conf in confs:  # each configuration reads the image through its own preprocessing
+            channels = int(conf["input"]["channels"]) // (2 * int(conf["context_slices"]) + 1)
+            if image.shape[0] != channels:
+                raise DataError(f"{case.name} has {image.shape[0]} channel(s) but the model expects {channels}")
+            images.append(prepare(image, conf, affine))
+        labels = apply_postprocessing(ensemble_labels(predictors, images, geom.shape, cut), ops)
+        del images
         written += write_case(
             out_dir,
             case,

@@ -1,7 +1,7 @@
 """mode=export: a checkpoint -> one folder with model.onnx and manifest.json (see docs/deploy.md).
 
 The folder is what `mode=predict ckpt=<folder>` and `python -m medseg.deploy` run with onnxruntime:
-- model.onnx: the network in eval mode (2D: followed by its softmax), exported with torch.onnx
+- model.onnx: the network in eval mode, ending at its logits, exported with torch.onnx
   (TorchScript exporter, opset export.opset), checked with onnx.checker, batch and spatial axes
   dynamic (3D patch models take windows of the fixed patch size); onnxruntime's output is compared
   with PyTorch's before the folder is written, on the export size and, for dynamic axes, on a second size;
@@ -15,32 +15,26 @@ volume to the manifest's spacing (medseg/deploy/spacing.py, MONAI's Spacingd in 
 affine or the DICOM series' positions) and brings the probabilities back onto the input's grid as
 mode=predict does.
 Where it is written comes from this run's config (export.output_dir, else <run folder>/export), never
-from the checkpoint.
+from the checkpoint. ckpt=<crossval folder or crossval.json> exports the chosen ensemble and its
+post-processing (medseg/tasks/export_ensemble.py).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import medseg
-from medseg.deploy.manifest import FORMAT, FORMAT_VERSION, sha256, write_manifest
-from medseg.dicom.cases import trained_modalities
-from medseg.errors import ConfigError, MedsegError
-from medseg.inference.predictor import context_slices
-from medseg.runtime import run_dir
-from medseg.tasks.restore import mirroring_at_test_time, restore_model
+from medseg.deploy.manifest import FORMAT, sha256, write_manifest
+from medseg.errors import ConfigError
+from medseg.tasks.onnx_model import configuration_keys, export_model, output_folder, shared_keys, window_weights
+from medseg.tasks.restore import restore_model
 
 log = logging.getLogger(__name__)
-
-TOLERANCE = 1e-3  # max |onnxruntime - PyTorch| logit difference accepted at export (float32 kernels differ ~1e-5)
 
 
 def run_export(cfg: DictConfig) -> Path:
@@ -49,133 +43,33 @@ def run_export(cfg: DictConfig) -> Path:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise ConfigError(f'mode=export needs onnx and onnxruntime ({exc}); pip install -e ".[deploy]"') from exc
-    restored = restore_model(cfg.ckpt, torch.device("cpu"))
-    data = restored.cfg.data
-    out = Path(str(cfg.export.output_dir)).expanduser() if cfg.export.output_dir else run_dir(cfg) / "export"
-    if (out / "manifest.json").exists():
-        raise MedsegError(f"export.output_dir={out} already holds an export; choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    opset = int(cfg.export.opset)
-    dims, k = int(data.dims), int(data.pad_divisible)
-    patch = [int(p) for p in data.patch_size] if data.patch_size else None
-    example, other = _example_shapes(dims, patch, k, restored.in_channels)
-    dynamic = dims == 2 or not patch
-    # the graph ends at the logits: onnxruntime's Softmax over the class axis (not the last one) transposes
-    # the whole output twice and was 62% of a 118-class 2D forward; the deployed predictor applies its own
-    # softmax on its threads (3D windows blend logits first anyway)
-    output = "logits"
-    network = restored.model
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        _export_onnx(network, example, onnx_path, opset, dims, dynamic)
-        if dynamic and not _agrees(network, onnx_path, other):
-            log.info("the network does not run on other sizes with dynamic axes; exporting fixed sizes")
-            dynamic = False
-            _export_onnx(network, example, onnx_path, opset, dims, dynamic)
-        if not _agrees(network, onnx_path, example):
-            raise MedsegError(f"ckpt={cfg.ckpt}: onnxruntime's output differs from PyTorch's by more than {TOLERANCE}")
-        shutil.move(str(onnx_path), out / "model.onnx")
-    files = []
-    if dims == 3 and patch:
-        from monai.data.utils import compute_importance_map
+    from medseg.crossval.apply import crossval_file
 
-        weights = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125, dtype=torch.float32)
-        np.save(out / "window_weights.npy", weights.cpu().numpy().astype(np.float32))
-        files.append(
-            {"file": "window_weights.npy", "role": "window_weights", "sha256": sha256(out / "window_weights.npy")}
-        )
-    manifest = build_manifest(cfg, restored, opset, dynamic, files, sha256(out / "model.onnx"))
-    manifest["output"] = output
+    source = crossval_file(cfg.ckpt)
+    if source is not None:  # ckpt= names the outcome of mode=crossval: one ONNX file per model
+        from medseg.tasks.export_ensemble import export_crossval
+
+        return export_crossval(cfg, source)
+    restored = restore_model(cfg.ckpt, torch.device("cpu"))
+    out = output_folder(cfg)
+    opset = int(cfg.export.opset)
+    model, dynamic = export_model(restored, out, "model.onnx", opset, str(cfg.ckpt))
+    files = window_weights(restored, out, "window_weights.npy")
+    manifest = build_manifest(cfg, restored, opset, dynamic, files, model["sha256"])
     write_manifest(out, manifest)
     log.info("exported %s to %s (opset %d, dynamic spatial axes: %s)", cfg.ckpt, out, opset, dynamic)
     return out
 
 
-def _example_shapes(dims: int, patch: list[int] | None, k: int, channels: int) -> tuple[tuple, tuple]:
-    if dims == 3:
-        if patch:
-            return (1, channels, *patch), (2, channels, *patch)
-        return (1, channels, 2 * k, 2 * k, 2 * k), (1, channels, 3 * k, 2 * k, k)
-    return (1, channels, 4 * k, 4 * k), (2, channels, 3 * k, 5 * k)
-
-
-def _export_onnx(model: torch.nn.Module, shape: tuple, path: Path, opset: int, dims: int, dynamic: bool) -> None:
-    import warnings
-
-    axes: dict[int, str] = {0: "batch"}
-    if dynamic:
-        axes.update({2 + d: f"spatial{d}" for d in range(dims)})
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(),
-            (torch.zeros(shape),),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["image"],
-            output_names=["output"],
-            dynamic_axes={"image": axes, "output": axes},
-        )
-    import onnx
-
-    onnx.checker.check_model(str(path), full_check=True)
-
-
-def _agrees(model: torch.nn.Module, path: Path, shape: tuple) -> bool:
-    import onnxruntime as ort
-
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = model.eval()(x).numpy()
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"image": x.numpy()})[0]
-    except Exception as exc:  # noqa: BLE001 - a network whose graph fixes a size fails here
-        log.debug("onnxruntime on %s: %s", shape, exc)
-        return False
-    return got.shape == expected.shape and float(np.abs(got - expected).max()) <= TOLERANCE
-
-
 def build_manifest(
     cfg: DictConfig, restored: Any, opset: int, dynamic: bool, files: list[dict], model_sha: str
 ) -> dict[str, Any]:
-    data = restored.cfg.data
-    intensity = OmegaConf.to_container(data.intensity, resolve=True)
-    assert isinstance(intensity, dict)
+    models = [{"file": "model.onnx", "sha256": model_sha}]
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "medseg_version": medseg.__version__,
-        "opset": opset,
-        "dynamic_spatial": dynamic,
-        "models": [{"file": "model.onnx", "sha256": model_sha}],
-        "files": files,
-        "input": {"name": "image", "channels": restored.in_channels},
-        "classes": {
-            "count": restored.num_classes,
-            "names": list(restored.class_names),
-            "mask_values": restored.ckpt.get("mask_values"),
-        },
-        "dims": int(data.dims),
-        "slice_axis": int(data.slice_axis),
-        "context_slices": context_slices(data),
-        "pad_divisible": int(data.pad_divisible),
-        "patch_size": [int(p) for p in data.patch_size] if data.patch_size else None,
-        "sliding_window": {
-            "overlap": float(cfg.predict.overlap),
-            "batch_size": int(cfg.predict.batch_size),
-            "mode": "gaussian",
-            "sigma_scale": 0.125,
-        },
-        # data.spacing: the deployed predictor resamples each volume to it as training's Spacingd did
-        "spacing": [float(s) for s in data.spacing] if OmegaConf.select(data, "spacing", default=None) else None,
-        "scale": float(data.scale),
-        "image_size": [int(s) for s in data.image_size] if data.image_size else None,
-        "intensity": {k: intensity[k] for k in ("preset", "percentiles", "ct_window", "mean", "std") if k in intensity},
-        "tta": mirroring_at_test_time(cfg.predict.tta, restored),  # as predict would
-        "threshold": float(cfg.predict.threshold),
-        "postprocessing": [],
-        "modalities": trained_modalities(str(data.intensity.preset), cfg.export.modalities),
+        **configuration_keys(cfg, restored, opset, dynamic, models, files),
+        **shared_keys(cfg, restored),
         "source": {"checkpoint_sha256": sha256(Path(str(cfg.ckpt)).expanduser()), "epoch": restored.ckpt.get("epoch")},
     }
