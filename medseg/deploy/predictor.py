@@ -14,8 +14,10 @@ voxel (tests/test_deploy.py compares them):
 - softmax (earlier exports end their 2D graphs with it; their manifest says output "probabilities"),
   optional flip TTA (every combination of spatial axes), in-plane bilinear resizing
   and the streaming linear blend along the slice axis (medseg/deploy/resample.py), then argmax (or the
-  two-class threshold). An ensemble (several model files) averages the softmax probabilities of its
-  members.
+  two-class threshold). A model trained with data.spacing (manifest "spacing") is mapped back by the
+  geometric inverse instead of a resize: in-plane sampling and the blend along the slice axis at the
+  positions `back_positions` (medseg/deploy/spacing.py, shared with the torch path) gives. An ensemble
+  (several model files) averages the softmax probabilities of its members.
 
 Softmax, resizing and argmax run on `threads` threads, each on its own part of the array (numpy
 releases the GIL in them): onnxruntime's graph only runs the network, and this per-voxel work over
@@ -31,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.deploy.resample import AlongAxis, linear_resize
+from medseg.deploy.resample import AlongAxis, linear_resize, linear_sample
+from medseg.deploy.spacing import back_positions
 from medseg.inference.slabs import plan_slabs, window_starts, windows_within
 
 SLAB_BYTES = 512 * 2**20
@@ -56,14 +59,18 @@ class OnnxPredictor:
         self.k = int(manifest["pad_divisible"])
         self.context = int(manifest.get("context_slices", 0))
         self.num_classes = int(manifest["classes"]["count"])
+        self.spacing = list(manifest["spacing"]) if manifest.get("spacing") else None
         self.logits = manifest.get("output", "logits") == "logits"  # else the graph ends with its softmax
         self.weights = window_weights
         self.tta, self.overlap, self.batch_size, self.slab_bytes = tta, overlap, max(1, batch_size), slab_bytes
         self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def labels(self, image: np.ndarray, shape: tuple[int, ...], threshold: float | None = None) -> np.ndarray:
-        """image (C, *spatial) in the model's space -> class indices (int16) on the grid `shape`."""
+    def labels(
+        self, image: np.ndarray, shape: tuple[int, ...], threshold: float | None = None, affine: Any = None
+    ) -> np.ndarray:
+        """image (C, *spatial) in the model's space -> class indices (int16) on the grid `shape`; `affine`
+        (that grid's 4x4 affine) is needed by a model trained with data.spacing."""
         native_2d = image.ndim == 3
         if native_2d:
             image, shape, axis = image[..., None], (*shape, 1), 2
@@ -71,10 +78,19 @@ class OnnxPredictor:
             axis = self.axis
         target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
         out = np.zeros(target, dtype=np.int16)
-        along = AlongAxis(image.shape[axis + 1], target[0])
+        positions = None
+        if self.spacing and not native_2d:
+            assert affine is not None, "a model trained with data.spacing maps back with the input's affine"
+            positions = back_positions(affine, shape, self.spacing, image.shape[1:])
+        along = AlongAxis(image.shape[axis + 1], target[0], None if positions is None else positions[axis])
         in_plane = {2: target[1], 3: target[2]}
+        at = None if positions is None else dict(zip((2, 3), (positions[d] for d in range(3) if d != axis)))
+
+        def resample(part: np.ndarray) -> np.ndarray:
+            return linear_resize(part, in_plane) if at is None else linear_sample(part, at)
+
         for chunk in self._chunks(image, axis):  # (K, n, a, b)
-            chunk = self._in_parts(lambda part: linear_resize(part, in_plane), chunk, 0)
+            chunk = self._in_parts(resample, chunk, 0)
             for t, probs in along.feed(chunk):
                 out[t] = self._in_parts(lambda part: to_labels(part, threshold), probs, 1, axis=0)
         assert along.done(), "every target slice is written"

@@ -48,12 +48,38 @@ def linear_resize(array: np.ndarray, size: dict[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-class AlongAxis:
-    """Linear interpolation along the slice axis from `source` to `target` slices, fed in order."""
+def linear_sample(array: np.ndarray, positions: dict[int, np.ndarray]) -> np.ndarray:
+    """Sample `array` linearly at positions along the given axes ({axis: positions}), clipped to the grid;
+    axes in increasing order, with the float32 weights medseg/inference/resample.py's `sample_in_plane`
+    uses, so both give the same values."""
+    from medseg.deploy.spacing import linear_pairs
 
-    def __init__(self, source: int, target: int) -> None:
+    out = array.astype(np.float32, copy=False)
+    for axis, p in sorted(positions.items()):
+        i0, i1, w = linear_pairs(p, out.shape[axis])
+        shape = [1] * out.ndim
+        shape[axis] = len(w)
+        w = w.astype(np.float32).reshape(shape)
+        lo = np.take(out, i0, axis=axis)
+        lo *= 1 - w
+        hi = np.take(out, i1, axis=axis)
+        hi *= w
+        lo += hi
+        out = lo
+    return np.ascontiguousarray(out)
+
+
+class AlongAxis:
+    """Linear interpolation along the slice axis from `source` to `target` slices, fed in order; with
+    `positions` (the source position of each target slice, increasing), at those positions."""
+
+    def __init__(self, source: int, target: int, positions: np.ndarray | None = None) -> None:
         self.source, self.target = source, target
-        if source == target:
+        if positions is not None:
+            from medseg.deploy.spacing import linear_pairs
+
+            self.pairs = [(int(a), int(b), float(c)) for a, b, c in zip(*linear_pairs(positions, source))]
+        elif source == target:
             self.pairs = [(t, t, 0.0) for t in range(target)]
         else:
             i0, i1, w = source_index(target, source)

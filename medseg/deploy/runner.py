@@ -136,7 +136,8 @@ def predict_cases(
         image, geom, volume = read_case(case, manifest)
         if image.shape[0] != channels:
             raise DataError(f"{case.name} has {image.shape[0]} channel(s) but the model expects {channels}")
-        labels = predictor.labels(prepare(image, manifest, input_affine(geom, volume)), geom.shape, cut)
+        affine = input_affine(geom, volume)
+        labels = predictor.labels(prepare(image, manifest, affine), geom.shape, cut, affine)
         written += write_case(
             out_dir,
             case,
