@@ -12,13 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.deploy.spacing import back_positions
+from medseg.deploy.spacing_inverse import back_transform
 
 CASES = {  # input affine, shape, data.spacing, data.scale
     "down in-plane, up along z": (np.diag([0.7, 0.8, 2.0, 1.0]), (37, 41, 23), (1.0, 1.1, 1.5), 1.0),
     "up on every axis": (np.diag([1.5, 1.5, 3.0, 1.0]), (30, 27, 19), (0.8, 0.9, 1.0), 1.0),
     "down, odd sizes, flipped": (np.diag([-0.5, 0.5, -0.5, 1.0]), (45, 33, 21), (1.3, 0.75, 2.0), 1.0),
     "spacing then data.scale": (np.diag([0.7, 0.8, 2.0, 1.0]), (37, 41, 23), (1.0, 1.1, 1.5), 0.6),
+    # axes not orthogonal: sampled trilinearly slice by slice (a ramp of a voxel index is still linear in mm)
+    "sheared": (
+        np.array([[0.8, 0.2, 0, 0], [0, 0.9, 0.3, 0], [0, 0, 2.2, 0], [0, 0, 0, 1.0]]),
+        (31, 29, 13),
+        (1.1, 1.0, 1.5),
+        1.0,
+    ),
 }
 TOL_MM = 1e-3
 
@@ -36,10 +43,10 @@ def _ramps(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, list
     return ramps, [0.5 * m[-1] for m in mm], mm
 
 
-def _inside(positions: np.ndarray, model: int) -> np.ndarray:
-    """Voxels between the model grid's outer centres and not within a model voxel of them: there the forward
-    resampling clipped at the volume's border (border padding), so the ramp is not linear."""
-    return (positions >= 1.0) & (positions <= model - 2.0)
+def _central(shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The middle half of each axis: more than a model voxel inside the model grid's outer centres, where the
+    forward resampling clipped at the volume's border (border padding) and a ramp is not linear."""
+    return tuple(slice(n // 4, n - n // 4) for n in shape)
 
 
 def _profile(volume: np.ndarray, axis: int) -> np.ndarray:
@@ -100,7 +107,6 @@ def test_a_structure_edge_comes_back_where_it_was_in_mm(name, tmp_path):
     stored = plain(volume_transforms(cfg, with_label=False)({"image": str(path)})["image"]).float()
     assert tuple(stored.shape[1:]) != shape  # resampled: the way back has work to do
     read_affine = nib.load(str(path)).affine
-    positions = back_positions(read_affine, shape, spacing, stored.shape[1:])
     for d in range(3):
         model = ramp_model(d)
         predictor = VolumePredictor(model, cfg, torch.device("cpu"), Precision("32", None, False))
@@ -109,7 +115,7 @@ def test_a_structure_edge_comes_back_where_it_was_in_mm(name, tmp_path):
             back[:, :, t] = probs[1].numpy()
         profile = _profile(back, d)
         assert _crossing(profile, mm[d]) == pytest.approx(edges[d], abs=TOL_MM), f"axis {d}"
-        inside = np.moveaxis(back - ramps[d], d, 0)[_inside(positions[d], stored.shape[1 + d])]
+        inside = (back - ramps[d])[_central(shape)]
         assert np.abs(inside).max() * mm[d][-1] / 0.8 < TOL_MM, f"axis {d}: positions off inside the grid"
         mask = predictor.labels(stored, shape, 0.5, read_affine).numpy()
         coord = np.moveaxis(np.broadcast_to(mm[d].reshape([-1 if i == d else 1 for i in range(3)]), shape), d, 0)
@@ -129,42 +135,38 @@ def test_a_spacing_model_refuses_to_map_back_without_the_affine():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_deployed_way_back_puts_the_edge_where_it_was(name):
-    """The numpy twin (no torch, no MONAI): its Spacingd twin forward, its streaming back-mapping (in-plane
-    sampling, then the blend along the slice axis fed a few slices at a time), the same edge test; and the
-    torch pieces give the very same values (tests/test_deploy.py compares whole masks)."""
+    """The numpy twin (no torch, no MONAI): its Spacingd twin forward, its streaming way back fed a few slices
+    at a time, the same edge test; and the torch stages give the very same values (tests/test_deploy.py
+    compares whole masks)."""
     from medseg.deploy.preprocess import geometry
-    from medseg.deploy.resample import AlongAxis, linear_sample
+    from medseg.deploy.resample import way_back
     from medseg.deploy.spacing import resample_to_spacing
-    from medseg.inference.resample import AlongAxis as TorchAlongAxis
-    from medseg.inference.resample import sample_in_plane
+    from medseg.inference.resample import way_back as torch_way_back
 
     affine, shape, spacing, scale = CASES[name]
     ramps, edges, mm = _ramps(affine, shape)
     manifest = {"dims": 3, "slice_axis": 2, "scale": scale}
     model_grid = geometry(resample_to_spacing(ramps, affine, spacing), manifest)  # (3, *model shape)
-    positions = back_positions(affine, shape, spacing, model_grid.shape[1:])
-    along, twin = (
-        AlongAxis(model_grid.shape[3], shape[2], positions[2]),
-        TorchAlongAxis(model_grid.shape[3], shape[2], positions[2]),
-    )
+    transform = back_transform(affine, shape, spacing, model_grid.shape[1:])
+    along, in_plane = way_back(model_grid.shape[1:], shape, 2, transform)
+    torch_along, torch_in_plane = torch_way_back(model_grid.shape[1:], shape, 2, transform)
     back = np.zeros((3, *shape), np.float32)
     vol = np.moveaxis(model_grid, 3, 1)  # (3, S, a, b): slices along z
     for start in range(0, vol.shape[1], 4):
-        chunk = vol[:, start : start + 4]
-        plane = linear_sample(chunk, {2: positions[0], 3: positions[1]})
-        torch_plane = sample_in_plane(torch.from_numpy(np.ascontiguousarray(chunk)), (positions[0], positions[1]))
+        chunk = np.ascontiguousarray(vol[:, start : start + 4])
+        plane, torch_plane = in_plane(chunk), torch_in_plane(torch.from_numpy(chunk))
         assert np.array_equal(plane, torch_plane.numpy())
-        ready, torch_ready = list(along.feed(plane)), list(twin.feed(torch.from_numpy(plane)))
-        assert len(ready) == len(torch_ready)
-        for (t, s), (u, r) in zip(ready, torch_ready):
-            assert t == u and np.array_equal(s, r.numpy())
-            back[:, :, :, t] = s
-    assert along.done()
+        ready, torch_ready = list(along.feed(plane)), list(torch_along.feed(torch_plane))
+        assert [t for t, _ in ready] == [t for t, _ in torch_ready]
+        for (t, values), (_, torch_values) in zip(ready, torch_ready):
+            assert np.array_equal(values, torch_values.numpy())
+            back[:, :, :, t] = values
+    assert along.done() and torch_along.done()
     for d in range(3):
-        profile = _profile(back[d], d)
-        assert _crossing(profile, mm[d]) == pytest.approx(edges[d], abs=TOL_MM), f"axis {d}"
+        assert _crossing(_profile(back[d], d), mm[d]) == pytest.approx(edges[d], abs=TOL_MM), f"axis {d}"
+        assert np.abs((back[d] - ramps[d])[_central(shape)]).max() * mm[d][-1] / 0.8 < TOL_MM, f"axis {d}"
 
 
 def test_no_spacing_change_keeps_the_resize_by_shape():
     """An input already at data.spacing (within MONAI's 1e-3 mm) is not resampled, so nothing is mapped back."""
-    assert back_positions(np.diag([1.0005, 0.8, 1.5, 1.0]), (10, 12, 8), (1.0, 0.8, 1.5), (10, 12, 8)) is None
+    assert back_transform(np.diag([1.0005, 0.8, 1.5, 1.0]), (10, 12, 8), (1.0, 0.8, 1.5), (10, 12, 8)) is None

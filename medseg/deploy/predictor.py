@@ -16,7 +16,7 @@ voxel (tests/test_deploy.py compares them):
   and the streaming linear blend along the slice axis (medseg/deploy/resample.py), then argmax (or the
   two-class threshold). A model trained with data.spacing (manifest "spacing") is mapped back by the
   geometric inverse instead of a resize: in-plane sampling and the blend along the slice axis at the
-  positions `back_positions` (medseg/deploy/spacing.py, shared with the torch path) gives. An ensemble
+  positions medseg/deploy/spacing_inverse.py (shared with the torch path) gives. An ensemble
   (several model files) averages the softmax probabilities of its members.
 
 Softmax, resizing and argmax run on `threads` threads, each on its own part of the array (numpy
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.deploy.resample import AlongAxis, linear_resize, linear_sample
-from medseg.deploy.spacing import back_positions
+from medseg.deploy.resample import way_back
+from medseg.deploy.spacing_inverse import back_transform
 from medseg.inference.slabs import plan_slabs, window_starts, windows_within
 
 SLAB_BYTES = 512 * 2**20
@@ -78,19 +78,13 @@ class OnnxPredictor:
             axis = self.axis
         target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
         out = np.zeros(target, dtype=np.int16)
-        positions = None
+        transform = None
         if self.spacing and not native_2d:
             assert affine is not None, "a model trained with data.spacing maps back with the input's affine"
-            positions = back_positions(affine, shape, self.spacing, image.shape[1:])
-        along = AlongAxis(image.shape[axis + 1], target[0], None if positions is None else positions[axis])
-        in_plane = {2: target[1], 3: target[2]}
-        at = None if positions is None else dict(zip((2, 3), (positions[d] for d in range(3) if d != axis)))
-
-        def resample(part: np.ndarray) -> np.ndarray:
-            return linear_resize(part, in_plane) if at is None else linear_sample(part, at)
-
+            transform = back_transform(affine, shape, self.spacing, image.shape[1:])
+        along, in_plane = way_back(image.shape[1:], shape, axis, transform)
         for chunk in self._chunks(image, axis):  # (K, n, a, b)
-            chunk = self._in_parts(resample, chunk, 0)
+            chunk = self._in_parts(in_plane, chunk, 0)
             for t, probs in along.feed(chunk):
                 out[t] = self._in_parts(lambda part: to_labels(part, threshold), probs, 1, axis=0)
         assert along.done(), "every target slice is written"

@@ -18,7 +18,7 @@ twin directly, so the float64 values differ in their last bits and, after the ca
 million differ by 1 float32 ulp (tests/test_deploy_preprocess.py bounds it; the masks are compared in
 tests/test_deploy.py).
 
-The way back (`back_positions`, `linear_pairs`) is the geometric inverse of this resampling, as MONAI's
+The way back (medseg/deploy/spacing_inverse.py) is the geometric inverse of this resampling, as MONAI's
 Spacingd inverse (SpatialResample) does it: each voxel of the input's own grid samples the model-grid
 prediction at the position where that voxel's centre lies on the model grid (both affines), linearly,
 coordinates clipped to the grid. A resize by shape (align_corners=False centring) would assume the two
@@ -150,34 +150,3 @@ def _pointwise(image: np.ndarray, xform: np.ndarray, out_shape: list[int]) -> np
                     total += src[:, xi, yi, zi] * (xw * yw * zw)
         out[:, start : start + grid.shape[1] // plane] = total.reshape(image.shape[0], -1, *out_shape[1:])
     return out
-
-
-def back_positions(
-    affine: np.ndarray, shape: Sequence[int], pixdim: Sequence[float], model_shape: Sequence[int]
-) -> list[np.ndarray] | None:
-    """Per axis, the model-grid coordinate (float64 voxel index) of each voxel centre of the input's grid
-    (`affine`, `shape`): the inverse of resampling to `pixdim`, followed by the in-plane scale or size
-    (data.scale, data.image_size: a resize from the spacing grid to `model_shape`, align_corners=False).
-
-    None where a resize by shape is already exact: Spacingd left the image as it was. A sheared affine
-    (input axes not orthogonal) has no per-axis inverse; it is None too, so it keeps the resize by shape
-    (see docs/planning.md)."""
-    affine = np.asarray(affine, dtype=np.float64)
-    new, xform, out_shape = target_grid(affine, shape, pixdim)
-    if _unchanged(new, affine, xform, out_shape, shape) or not _separable_xform(xform, out_shape):
-        return None
-    back = np.linalg.inv(xform)  # input voxel index -> spacing-grid voxel index
-    positions = []
-    for d, (n, grid, model) in enumerate(zip(shape, out_shape, model_shape)):
-        p = back[d, d] * np.arange(n, dtype=np.float64) + back[d, 3]
-        if int(model) != int(grid):  # the scale or size step, whose inverse is a resize (centres at i + 0.5)
-            p = (p + 0.5) * (int(model) / int(grid)) - 0.5
-        positions.append(p)
-    return positions
-
-
-def linear_pairs(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear sampling of an axis of length `size` at `positions`, clipped to the grid (border padding):
-    (lower index, upper index, float64 weight of the upper). Shared by the PyTorch and the numpy predictor,
-    so both blend with the very same weights."""
-    return _weights(np.asarray(positions, dtype=np.float64), int(size))

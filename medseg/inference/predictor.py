@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.inference.resample import AlongAxis, resize_in_plane, sample_in_plane
+from medseg.inference.resample import way_back
 from medseg.inference.slabs import plan_slabs, windows_within
 from medseg.precision import Precision
 
@@ -105,30 +105,27 @@ class VolumePredictor:
         `shape`; the other spatial axes keep their order (a native 2D image is one slice of shape (W, H)).
 
         With data.spacing, the image is on Spacingd's grid and `affine` (the target grid's, as the volume
-        chain read it) places each target voxel on it (medseg/deploy/spacing.py `back_positions`)."""
+        chain read it) places each target voxel on it (medseg/deploy/spacing_inverse.py)."""
         native_2d = image.ndim == 3
         if native_2d:  # one slice along a new last axis
             image, shape, axis = image[..., None], (*shape, 1), 2
         else:
             axis = self.axis
-        target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
-        positions = self._positions(image, shape, affine, native_2d)
-        along = AlongAxis(image.shape[axis + 1], target[0], None if positions is None else positions[axis])
-        plane = None if positions is None else tuple(positions[d] for d in range(3) if d != axis)
+        transform = self._back_transform(image, shape, affine, native_2d)
+        along, in_plane = way_back(image.shape[1:], shape, axis, transform)
         for chunk in self._chunks(image, axis):  # (K, n, a, b) in the model's space
-            chunk = resize_in_plane(chunk, target[1:]) if plane is None else sample_in_plane(chunk, plane)
-            yield from along.feed(chunk)
+            yield from along.feed(in_plane(chunk))
         assert along.done(), "every target slice is written"
 
-    def _positions(self, image: torch.Tensor, shape: tuple[int, ...], affine: Any, native_2d: bool) -> Any:
-        """Model-grid positions of the target voxels per axis (data.spacing), or None: a resize by shape."""
+    def _back_transform(self, image: torch.Tensor, shape: tuple[int, ...], affine: Any, native_2d: bool) -> Any:
+        """Target voxel -> model-grid coordinate (data.spacing), or None: a resize by shape."""
         if not self.spacing or native_2d:
             return None
         if affine is None:
             raise ValueError("a model trained with data.spacing maps its prediction back with the input's affine")
-        from medseg.deploy.spacing import back_positions
+        from medseg.deploy.spacing_inverse import back_transform
 
-        return back_positions(affine, shape, self.spacing, image.shape[1:])
+        return back_transform(affine, shape, self.spacing, image.shape[1:])
 
     def _chunks(self, image: torch.Tensor, axis: int) -> Iterator[torch.Tensor]:
         """Probabilities (K, n, a, b) for consecutive slices along `axis`, cropped of padding."""

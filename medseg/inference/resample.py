@@ -11,18 +11,45 @@ float rounding).
 
 A model trained with data.spacing predicts on Spacingd's grid, which is not a resize of the input's grid
 (it is anchored at the corner voxel centres, its length rounded). There the back-mapping is the geometric
-inverse instead: `back_positions` (medseg/deploy/spacing.py) gives, per axis, where each input voxel's
-centre lies on the model grid, `sample_in_plane` samples a chunk at those positions and `AlongAxis`
-blends the slices around each position along the slice axis; both stream the same way.
+inverse instead (medseg/deploy/spacing_inverse.py, shared with the deployed predictor): per axis, where
+each input voxel's centre lies on the model grid; `sample_in_plane` samples a chunk at those positions
+and `AlongAxis` blends the slices around each position along the slice axis; both stream the same way.
+A sheared input affine mixes the axes: `SlicesAt` samples each target slice trilinearly from the model
+slices it falls between. `way_back` picks the stages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from medseg.deploy.spacing_inverse import ArrayOps, SlicesAt, axis_positions, linear_pairs
+
+TORCH_OPS = ArrayOps(
+    window=lambda slices: torch.stack(slices, 1).reshape(slices[0].shape[0], -1),
+    weighted=lambda window, index, weights: window.index_select(1, torch.from_numpy(index)) * torch.from_numpy(weights),
+    copy=lambda t: t.clone(),
+)
+
+
+def way_back(
+    model_shape: Sequence[int], shape: Sequence[int], axis: int, transform: np.ndarray | None
+) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor]]:
+    """The two streaming stages from the model grid (`model_shape`) to the grid `shape` along `axis`: the
+    stage along the slice axis (`feed`, `done`) and the in-plane stage applied to each chunk first.
+    `transform` (input voxel -> model coordinate, spacing_inverse.back_transform) or None: a resize by shape."""
+    target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
+    if transform is None:
+        return AlongAxis(model_shape[axis], target[0]), lambda chunk: resize_in_plane(chunk, target[1:])
+    positions = axis_positions(transform, shape)
+    if positions is None:  # a sheared input affine
+        return SlicesAt(transform, axis, shape, model_shape, TORCH_OPS), lambda chunk: chunk
+    plane = tuple(positions[d] for d in range(3) if d != axis)
+    return AlongAxis(model_shape[axis], target[0], positions[axis]), lambda chunk: sample_in_plane(chunk, plane)
 
 
 def resize_in_plane(chunk: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -36,8 +63,6 @@ def resize_in_plane(chunk: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def sample_in_plane(chunk: torch.Tensor, positions: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
     """(K, n, a, b) probabilities sampled linearly at model-grid positions (p_a, p_b) of the in-plane axes
     -> (K, n, len(p_a), len(p_b)); one axis at a time, as the numpy twin does, so both round alike."""
-    from medseg.deploy.spacing import linear_pairs
-
     out = chunk
     for dim, p in zip((2, 3), positions):
         i0, i1, w = linear_pairs(p, out.shape[dim])
@@ -61,8 +86,6 @@ class AlongAxis:
         if positions is None:
             self.pairs = [_source_pair(t, source, target) for t in range(target)]
         else:
-            from medseg.deploy.spacing import linear_pairs
-
             self.pairs = [(int(a), int(b), float(c)) for a, b, c in zip(*linear_pairs(positions, source))]
         self.next_target = 0
         self.held: dict[int, torch.Tensor] = {}  # source index -> (K, A, B)
