@@ -84,7 +84,7 @@ def _shape_offset(shape: Sequence[int], in_affine: np.ndarray, out_affine: np.nd
     return [int(s) for s in out_shape], offset
 
 
-def _unchanged(
+def grid_unchanged(
     new: np.ndarray, affine: np.ndarray, xform: np.ndarray, out_shape: list[int], shape: Sequence[int]
 ) -> bool:
     """Spacingd returns the image as it is (MONAI's SpatialResample shortcut)."""
@@ -102,14 +102,14 @@ def resample_to_spacing(image: np.ndarray, affine: np.ndarray, pixdim: Sequence[
     """image (C, X, Y, Z) with its 4x4 affine -> (C, *new shape) float32 on the grid of spacing `pixdim`."""
     shape = image.shape[1:]
     new, xform, out_shape = target_grid(affine, shape, pixdim)
-    if _unchanged(new, affine, xform, out_shape, shape):
+    if grid_unchanged(new, affine, xform, out_shape, shape):
         return image.astype(np.float32, copy=False)
     if _separable_xform(xform, out_shape):
         return _separable(image, xform, out_shape)
     return _pointwise(image, xform, out_shape)
 
 
-def _weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def border_weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Border-clipped linear sampling positions: (lower index, upper index, weight of the upper)."""
     c = np.clip(coords, 0.0, size - 1.0)
     i0 = np.floor(c).astype(np.int64)
@@ -119,7 +119,9 @@ def _weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.
 def _separable(image: np.ndarray, xform: np.ndarray, out_shape: list[int]) -> np.ndarray:
     out = image.astype(np.float64)
     for axis in range(3):
-        i0, i1, w = _weights(xform[axis, axis] * np.arange(out_shape[axis]) + xform[axis, 3], image.shape[axis + 1])
+        i0, i1, w = border_weights(
+            xform[axis, axis] * np.arange(out_shape[axis]) + xform[axis, 3], image.shape[axis + 1]
+        )
         shape = [1] * out.ndim
         shape[axis + 1] = len(w)
         w = w.reshape(shape)
@@ -142,7 +144,7 @@ def _pointwise(image: np.ndarray, xform: np.ndarray, out_shape: list[int]) -> np
     for start in range(0, out_shape[0], step):
         grid = np.mgrid[start : min(start + step, out_shape[0]), : out_shape[1], : out_shape[2]].reshape(3, -1)
         coords = xform[:3, :3] @ grid + xform[:3, 3:]
-        (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (_weights(coords[d], size[d]) for d in range(3))
+        (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (border_weights(coords[d], size[d]) for d in range(3))
         total = np.zeros((image.shape[0], grid.shape[1]))
         for xi, xw in ((x0, 1.0 - wx), (x1, wx)):
             for yi, yw in ((y0, 1.0 - wy), (y1, wy)):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.deploy.spacing import _unchanged, _weights, target_grid
+from medseg.deploy.spacing import grid_unchanged, border_weights, target_grid
 
 
 def back_transform(
@@ -37,7 +37,7 @@ def back_transform(
     None when Spacingd leaves the image as it is: a resize by shape is then already exact."""
     affine = np.asarray(affine, dtype=np.float64)
     new, xform, out_shape = target_grid(affine, shape, pixdim)
-    if _unchanged(new, affine, xform, out_shape, shape):
+    if grid_unchanged(new, affine, xform, out_shape, shape):
         return None
     ratio = np.asarray(model_shape, dtype=np.float64) / np.asarray(out_shape, dtype=np.float64)
     resize = np.eye(4)
@@ -57,7 +57,7 @@ def axis_positions(transform: np.ndarray, shape: Sequence[int]) -> list[np.ndarr
 def linear_pairs(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Linear sampling of an axis of length `size` at `positions`, clipped to the grid (border padding):
     (lower index, upper index, float64 weight of the upper)."""
-    return _weights(np.asarray(positions, dtype=np.float64), int(size))
+    return border_weights(np.asarray(positions, dtype=np.float64), int(size))
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class SlicesAt:
             index[self.rest[0]], index[self.rest[1]] = grid[0].ravel(), grid[1].ravel()
             coords = self.transform[:3, :3] @ index + self.transform[:3, 3:]
             (s0, s1, ws), (a0, a1, wa), (b0, b1, wb) = (
-                _weights(coords[d], self.model[d]) for d in (self.axis, *self.rest)
+                border_weights(coords[d], self.model[d]) for d in (self.axis, *self.rest)
             )
             lo, hi = int(s0.min()), int(s1.max()) + 1
             a, b = (self.model[d] for d in self.rest)
