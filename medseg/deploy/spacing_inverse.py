@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.deploy.spacing import grid_unchanged, border_weights, target_grid
+from medseg.deploy.spacing import border_weights, grid_unchanged, target_grid
 
 
 def back_transform(
