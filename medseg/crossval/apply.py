@@ -61,11 +61,14 @@ class EnsemblePredictor:
         self.axis = int(members[0].data_cfg.slice_axis)
 
     @torch.no_grad()
-    def labels(self, images: list[torch.Tensor], shape: tuple[int, ...], threshold: float | None) -> np.ndarray:
-        """One image per member (in its input space) -> post-processed class indices on `shape`."""
+    def labels(
+        self, images: list[torch.Tensor], shape: tuple[int, ...], threshold: float | None, affine: Any = None
+    ) -> np.ndarray:
+        """One image per member (in its input space) -> post-processed class indices on `shape` (whose
+        affine a member trained with data.spacing needs)."""
         from medseg.inference.predictor import from_slices, slice_count, to_labels
 
-        streams = [m.predictor.probability_slices(img, shape) for m, img in zip(self.members, images)]
+        streams = [m.predictor.probability_slices(img, shape, affine) for m, img in zip(self.members, images)]
         out = None
         n = slice_count(images[0], shape, self.axis)
         for parts in zip(*streams):
@@ -195,7 +198,7 @@ def run_predict_crossval(cfg: DictConfig, source: Path) -> None:
     for path in progress(files):
         geom = read_geometry(path)
         images = [load_input(path, chain, m.channels)[0] for m, chain in zip(ensemble.members, chains)]
-        labels = ensemble.labels(images, geom.shape, float(pcfg.threshold))
+        labels = ensemble.labels(images, geom.shape, float(pcfg.threshold), geom.affine)
         name = stem_of(path)
         if pcfg.save:
             ext = suffix_of(path) if geom.kind == "nifti" else ".png"
@@ -243,7 +246,7 @@ def run_evaluate_crossval(cfg: DictConfig, source: Path) -> float | None:
             images.append(loaded.image)
             item = item or loaded
         assert item is not None
-        pred = ensemble.labels(images, tuple(item.truth.shape), float(cfg.predict.threshold))
+        pred = ensemble.labels(images, tuple(item.truth.shape), float(cfg.predict.threshold), item.affine)
         scores = class_scores(pred, item.truth, k, bool(cfg.evaluate.hd95), item.spacing)
         rows += [{"case": item.id, "class": names[c], **s} for c, s in enumerate(scores, start=1)]
     summary = summarise(rows, names, str(cfg.evaluate.input), len(cases))

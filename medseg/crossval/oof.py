@@ -67,7 +67,7 @@ def write_oof(cfg: DictConfig, out: Path, device: torch.device) -> Path | None:
         else:
             item = load_case(case, image_chain, label_chain, channels, k)
         shape = tuple(int(s) for s in item.truth.shape)
-        entry, size, error = predict_case(predictor, item.image, shape, threshold, folder, item.id)
+        entry, size, error = predict_case(predictor, item.image, shape, threshold, folder, item.id, item.affine)
         write_mask(folder / entry["truth"], item.truth.numpy(), item.spacing)
         entries[item.id] = {**entry, "shape": list(shape), "spacing": item.spacing}
         total_bytes, max_error = total_bytes + size, max(max_error, error)
@@ -96,9 +96,16 @@ def write_oof(cfg: DictConfig, out: Path, device: torch.device) -> Path | None:
 
 
 def predict_case(
-    predictor: Any, image: torch.Tensor, shape: tuple[int, ...], threshold: float, folder: Path, case_id: str
+    predictor: Any,
+    image: torch.Tensor,
+    shape: tuple[int, ...],
+    threshold: float,
+    folder: Path,
+    case_id: str,
+    affine: Any = None,
 ) -> tuple[dict[str, Any], int, float]:
-    """Stream one case: each probability slice goes to the .b2nd file and into the mask, then is dropped."""
+    """Stream one case: each probability slice goes to the .b2nd file and into the mask, then is dropped.
+    `affine`: the grid's, for a model trained with data.spacing (see VolumePredictor.probability_slices)."""
     from medseg.inference.predictor import from_slices, slice_count, to_labels
 
     native_2d = image.ndim == 3
@@ -106,7 +113,7 @@ def predict_case(
     entry = {"pred": f"{case_id}_pred.nii.gz", "truth": f"{case_id}_truth.nii.gz", "probs": f"{case_id}_probs.b2nd"}
     writer, labels = None, None
     try:
-        for t, probs in predictor.probability_slices(image, shape):
+        for t, probs in predictor.probability_slices(image, shape, affine):
             if writer is None:
                 writer = ProbabilityWriter(folder / entry["probs"], n, int(probs.shape[0]), tuple(probs.shape[1:]))
                 labels = torch.zeros((n, *probs.shape[1:]), dtype=torch.int16)

@@ -14,10 +14,13 @@ voxel (tests/test_deploy.py compares them):
 - softmax (earlier exports end their 2D graphs with it; their manifest says output "probabilities"),
   optional flip TTA (every combination of spatial axes), in-plane bilinear resizing
   and the streaming linear blend along the slice axis (medseg/deploy/resample.py), then argmax (or the
-  two-class threshold). The folds of one configuration (several model files) have their softmax
-  probabilities averaged per batch; configurations with their own preprocessing (a crossval ensemble of
-  2D and 3D) each stream probability slices on the output grid, averaged slice by slice
-  (`ensemble_labels`), as medseg/crossval/apply.py does.
+  two-class threshold). A model trained with data.spacing (manifest "spacing") is mapped back by the
+  geometric inverse instead of a resize: in-plane sampling and the blend along the slice axis at the
+  positions medseg/deploy/spacing_inverse.py (shared with the torch path) gives. The folds of one
+  configuration (several model files) have their softmax probabilities averaged per batch;
+  configurations with their own preprocessing (a crossval ensemble of 2D and 3D) each stream
+  probability slices on the output grid, averaged slice by slice (`ensemble_labels`), as
+  medseg/crossval/apply.py does.
 
 Softmax, resizing and argmax run on `threads` threads, each on its own part of the array (numpy
 releases the GIL in them): onnxruntime's graph only runs the network, and this per-voxel work over
@@ -33,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.deploy.resample import AlongAxis, linear_resize
+from medseg.deploy.resample import way_back
+from medseg.deploy.spacing_inverse import back_transform
 from medseg.inference.slabs import plan_slabs, window_starts, windows_within
 
 SLAB_BYTES = 512 * 2**20
@@ -58,23 +62,29 @@ class OnnxPredictor:
         self.k = int(manifest["pad_divisible"])
         self.context = int(manifest.get("context_slices", 0))
         self.num_classes = int(manifest["classes"]["count"])
+        self.spacing = list(manifest["spacing"]) if manifest.get("spacing") else None
         self.logits = manifest.get("output", "logits") == "logits"  # else the graph ends with its softmax
         self.weights = window_weights
         self.tta, self.overlap, self.batch_size, self.slab_bytes = tta, overlap, max(1, batch_size), slab_bytes
         self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def labels(self, image: np.ndarray, shape: tuple[int, ...], threshold: float | None = None) -> np.ndarray:
-        """image (C, *spatial) in the model's space -> class indices (int16) on the grid `shape`."""
+    def labels(
+        self, image: np.ndarray, shape: tuple[int, ...], threshold: float | None = None, affine: Any = None
+    ) -> np.ndarray:
+        """image (C, *spatial) in the model's space -> class indices (int16) on the grid `shape`; `affine`
+        (that grid's 4x4 affine) is needed by a model trained with data.spacing."""
         out = None
-        for t, probs in self.probability_slices(image, shape):
+        for t, probs in self.probability_slices(image, shape, affine):
             if out is None:
                 out = np.zeros((slice_count(image, shape, self.axis), *probs.shape[1:]), dtype=np.int16)
             out[t] = self._in_parts(lambda part: to_labels(part, threshold), probs, 1, axis=0)
         assert out is not None
         return from_slices(out, image.ndim == 3, self.axis)
 
-    def probability_slices(self, image: np.ndarray, shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
+    def probability_slices(
+        self, image: np.ndarray, shape: tuple[int, ...], affine: Any = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """(t, probabilities (K, a, b)) for each target slice t along the slice axis, in order, on the grid
         `shape` (a native 2D image is one slice), as VolumePredictor.probability_slices yields them."""
         native_2d = image.ndim == 3
@@ -82,11 +92,13 @@ class OnnxPredictor:
             image, shape, axis = image[..., None], (*shape, 1), 2
         else:
             axis = self.axis
-        target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
-        along = AlongAxis(image.shape[axis + 1], target[0])
-        in_plane = {2: target[1], 3: target[2]}
+        transform = None
+        if self.spacing and not native_2d:
+            assert affine is not None, "a model trained with data.spacing maps back with the input's affine"
+            transform = back_transform(affine, shape, self.spacing, image.shape[1:])
+        along, in_plane = way_back(image.shape[1:], shape, axis, transform)
         for chunk in self._chunks(image, axis):  # (K, n, a, b)
-            chunk = self._in_parts(lambda part: linear_resize(part, in_plane), chunk, 0)
+            chunk = self._in_parts(in_plane, chunk, 0)
             yield from along.feed(chunk)
         assert along.done(), "every target slice is written"
 
@@ -254,15 +266,20 @@ def from_slices(stack: np.ndarray, native_2d: bool, axis: int) -> np.ndarray:
 
 
 def ensemble_labels(
-    predictors: Sequence[OnnxPredictor], images: Sequence[np.ndarray], shape: tuple[int, ...], threshold: float | None
+    predictors: Sequence[OnnxPredictor],
+    images: Sequence[np.ndarray],
+    shape: tuple[int, ...],
+    threshold: float | None,
+    affine: Any = None,
 ) -> np.ndarray:
-    """Class indices on `shape` from configurations that each read the image through their own preprocessing
-    (`images`, one per predictor): each target slice's probabilities are averaged over them as they arrive,
-    as medseg/crossval/apply.py's EnsemblePredictor does, then turned into labels and dropped."""
+    """Class indices on `shape` (whose 4x4 affine is `affine`) from configurations that each read the image
+    through their own preprocessing (`images`, one per predictor): each target slice's probabilities are
+    averaged over them as they arrive, as medseg/crossval/apply.py's EnsemblePredictor does, then turned
+    into labels and dropped."""
     if len(predictors) == 1:
-        return predictors[0].labels(images[0], shape, threshold)
+        return predictors[0].labels(images[0], shape, threshold, affine)
     first = predictors[0]
-    streams = [p.probability_slices(image, shape) for p, image in zip(predictors, images)]
+    streams = [p.probability_slices(image, shape, affine) for p, image in zip(predictors, images)]
     out = None
     for parts in zip(*streams):
         t = parts[0][0]

@@ -8,9 +8,28 @@ slice axis: it keeps the last two source slices and emits each target slice once
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+
+from medseg.deploy.spacing_inverse import NUMPY_OPS, SlicesAt, axis_positions, linear_pairs
+
+
+def way_back(
+    model_shape: Sequence[int], shape: Sequence[int], axis: int, transform: np.ndarray | None
+) -> tuple[Any, Callable[[np.ndarray], np.ndarray]]:
+    """medseg/inference/resample.py's `way_back` in numpy: the stage along the slice axis and the in-plane
+    stage, from the model grid to the grid `shape`; `transform` None: a resize by shape."""
+    target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
+    if transform is None:
+        size = {2: target[1], 3: target[2]}
+        return AlongAxis(model_shape[axis], target[0]), lambda chunk: linear_resize(chunk, size)
+    positions = axis_positions(transform, shape)
+    if positions is None:  # a sheared input affine
+        return SlicesAt(transform, axis, shape, model_shape, NUMPY_OPS), lambda chunk: chunk
+    plane = dict(zip((2, 3), (positions[d] for d in range(3) if d != axis)))
+    return AlongAxis(model_shape[axis], target[0], positions[axis]), lambda chunk: linear_sample(chunk, plane)
 
 
 def source_index(out_size: int, in_size: int, single: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,12 +67,34 @@ def linear_resize(array: np.ndarray, size: dict[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-class AlongAxis:
-    """Linear interpolation along the slice axis from `source` to `target` slices, fed in order."""
+def linear_sample(array: np.ndarray, positions: dict[int, np.ndarray]) -> np.ndarray:
+    """Sample `array` linearly at positions along the given axes ({axis: positions}), clipped to the grid;
+    axes in increasing order, with the float32 weights medseg/inference/resample.py's `sample_in_plane`
+    uses, so both give the same values."""
+    out = array.astype(np.float32, copy=False)
+    for axis, p in sorted(positions.items()):
+        i0, i1, w = linear_pairs(p, out.shape[axis])
+        shape = [1] * out.ndim
+        shape[axis] = len(w)
+        w = w.astype(np.float32).reshape(shape)
+        lo = np.take(out, i0, axis=axis)
+        lo *= 1 - w
+        hi = np.take(out, i1, axis=axis)
+        hi *= w
+        lo += hi
+        out = lo
+    return np.ascontiguousarray(out)
 
-    def __init__(self, source: int, target: int) -> None:
+
+class AlongAxis:
+    """Linear interpolation along the slice axis from `source` to `target` slices, fed in order; with
+    `positions` (the source position of each target slice, increasing), at those positions."""
+
+    def __init__(self, source: int, target: int, positions: np.ndarray | None = None) -> None:
         self.source, self.target = source, target
-        if source == target:
+        if positions is not None:
+            self.pairs = [(int(a), int(b), float(c)) for a, b, c in zip(*linear_pairs(positions, source))]
+        elif source == target:
             self.pairs = [(t, t, 0.0) for t in range(target)]
         else:
             i0, i1, w = source_index(target, source)

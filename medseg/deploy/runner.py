@@ -173,7 +173,7 @@ def predict_cases(
             if image.shape[0] != channels:
                 raise DataError(f"{case.name} has {image.shape[0]} channel(s) but the model expects {channels}")
             images.append(prepare(image, conf, affine))
-        labels = apply_postprocessing(ensemble_labels(predictors, images, geom.shape, cut), ops)
+        labels = apply_postprocessing(ensemble_labels(predictors, images, geom.shape, cut, affine), ops)
         del images
         written += write_case(
             out_dir,

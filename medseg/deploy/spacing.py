@@ -17,6 +17,13 @@ affine is sampled point by point. MONAI forms its coordinates through normalised
 twin directly, so the float64 values differ in their last bits and, after the cast, a few values in a
 million differ by 1 float32 ulp (tests/test_deploy_preprocess.py bounds it; the masks are compared in
 tests/test_deploy.py).
+
+The way back (medseg/deploy/spacing_inverse.py) is the geometric inverse of this resampling, as MONAI's
+Spacingd inverse (SpatialResample) does it: each voxel of the input's own grid samples the model-grid
+prediction at the position where that voxel's centre lies on the model grid (both affines), linearly,
+coordinates clipped to the grid. A resize by shape (align_corners=False centring) would assume the two
+grids share their outer edges, which Spacingd's grid (anchored at the corner voxel centres, its length
+rounded) does not: predictions would come back shifted by up to about a voxel at the far end.
 """
 
 from __future__ import annotations
@@ -77,21 +84,32 @@ def _shape_offset(shape: Sequence[int], in_affine: np.ndarray, out_affine: np.nd
     return [int(s) for s in out_shape], offset
 
 
+def grid_unchanged(
+    new: np.ndarray, affine: np.ndarray, xform: np.ndarray, out_shape: list[int], shape: Sequence[int]
+) -> bool:
+    """Spacingd returns the image as it is (MONAI's SpatialResample shortcut)."""
+    same = np.allclose(new, affine, atol=AFFINE_TOL) or np.allclose(xform, np.eye(4), atol=AFFINE_TOL)
+    return bool(same and np.allclose(out_shape, shape))
+
+
+def _separable_xform(xform: np.ndarray, out_shape: Sequence[int]) -> bool:
+    """xform is a scale and shift per axis (no shear, to below float64 rounding of the coordinates)."""
+    linear = xform[:3, :3]
+    return bool(np.abs(linear - np.diag(np.diag(linear))).max() * max(out_shape) < 1e-10)
+
+
 def resample_to_spacing(image: np.ndarray, affine: np.ndarray, pixdim: Sequence[float]) -> np.ndarray:
     """image (C, X, Y, Z) with its 4x4 affine -> (C, *new shape) float32 on the grid of spacing `pixdim`."""
     shape = image.shape[1:]
     new, xform, out_shape = target_grid(affine, shape, pixdim)
-    unchanged = np.allclose(new, affine, atol=AFFINE_TOL) or np.allclose(xform, np.eye(4), atol=AFFINE_TOL)
-    if unchanged and np.allclose(out_shape, shape):
+    if grid_unchanged(new, affine, xform, out_shape, shape):
         return image.astype(np.float32, copy=False)
-    linear = xform[:3, :3]
-    off_diagonal = np.abs(linear - np.diag(np.diag(linear))).max()
-    if off_diagonal * max(out_shape) < 1e-10:  # below float64 rounding of the coordinates: separable
+    if _separable_xform(xform, out_shape):
         return _separable(image, xform, out_shape)
     return _pointwise(image, xform, out_shape)
 
 
-def _weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def border_weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Border-clipped linear sampling positions: (lower index, upper index, weight of the upper)."""
     c = np.clip(coords, 0.0, size - 1.0)
     i0 = np.floor(c).astype(np.int64)
@@ -101,7 +119,9 @@ def _weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.
 def _separable(image: np.ndarray, xform: np.ndarray, out_shape: list[int]) -> np.ndarray:
     out = image.astype(np.float64)
     for axis in range(3):
-        i0, i1, w = _weights(xform[axis, axis] * np.arange(out_shape[axis]) + xform[axis, 3], image.shape[axis + 1])
+        i0, i1, w = border_weights(
+            xform[axis, axis] * np.arange(out_shape[axis]) + xform[axis, 3], image.shape[axis + 1]
+        )
         shape = [1] * out.ndim
         shape[axis + 1] = len(w)
         w = w.reshape(shape)
@@ -124,7 +144,7 @@ def _pointwise(image: np.ndarray, xform: np.ndarray, out_shape: list[int]) -> np
     for start in range(0, out_shape[0], step):
         grid = np.mgrid[start : min(start + step, out_shape[0]), : out_shape[1], : out_shape[2]].reshape(3, -1)
         coords = xform[:3, :3] @ grid + xform[:3, 3:]
-        (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (_weights(coords[d], size[d]) for d in range(3))
+        (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (border_weights(coords[d], size[d]) for d in range(3))
         total = np.zeros((image.shape[0], grid.shape[1]))
         for xi, xw in ((x0, 1.0 - wx), (x1, wx)):
             for yi, yw in ((y0, 1.0 - wy), (y1, wy)):

@@ -48,7 +48,7 @@ class CaseScorer:
         self.device, self.precision = device, precision
         self.threshold, self.overlap, self.batch_size = threshold, float(overlap), int(batch_size)
         self.label_chain = label_transforms(data_cfg)
-        self._truths: dict[int, bytes] = {}  # blosc2.pack_array2 of each int16 label map
+        self._truths: dict[int, tuple[bytes, np.ndarray | None]] = {}  # packed int16 label map, image affine
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -72,16 +72,17 @@ class CaseScorer:
         out = torch.zeros(len(self.cases), 3, self.num_classes, dtype=torch.float64)
         try:
             for i in indices:
-                image, truth = self.case(i)
-                pred = predictor.labels(image, tuple(truth.shape), self.threshold)
+                image, truth, affine = self.case(i)
+                pred = predictor.labels(image, tuple(truth.shape), self.threshold, affine)
                 tp, n_pred, n_true = confusion_counts(pred.numpy(), truth, self.num_classes)
                 out[i] = torch.tensor([tp, n_pred, n_true], dtype=torch.float64)
         finally:
             model.train(was_training)
         return out
 
-    def case(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
-        """Case i: the stored image (C, *spatial) and its label map on the original grid."""
+    def case(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+        """Case i: the stored image (C, *spatial), its label map on the original grid and that grid's affine
+        (data.spacing maps the prediction back with it)."""
         import blosc2
 
         case = self.cases[i]
@@ -91,7 +92,7 @@ class CaseScorer:
 
             item = load_stored_case(self.store, case, self.data_cfg, self.label_chain, self.channels, self.num_classes)
             truth = item.truth.numpy().astype(np.int16, copy=False)
-            self._truths[i] = blosc2.pack_array2(np.ascontiguousarray(truth))
-            return item.image, truth
+            self._truths[i] = (blosc2.pack_array2(np.ascontiguousarray(truth)), item.affine)
+            return item.image, truth, item.affine
         image = torch.from_numpy(np.asarray(self.store.image(case["id"])[...])).float()
-        return image, blosc2.unpack_array2(held)
+        return image, blosc2.unpack_array2(held[0]), held[1]

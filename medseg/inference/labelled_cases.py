@@ -33,6 +33,9 @@ class LabelledCase:
     image: torch.Tensor  # (C, *spatial) in the model's input space
     truth: torch.Tensor  # (*spatial) int16 class indices on the label's own grid
     spacing: list[float] | None  # mm per voxel of the label grid; None for 2D images (pixels)
+    affine: np.ndarray | None = (
+        None  # the image's 4x4 affine as the volume chain reads it (data.spacing maps back with it)
+    )
 
 
 def evaluation_cases(
@@ -149,7 +152,8 @@ def load_case(
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one line naming the file
         raise DataError(f"case {case['id']}: {describe_failure(case, exc)}; fix or remove the file") from None
     first_image = _first(case["image"])
-    original = read_geometry(Path(first_image)).shape
+    geometry = read_geometry(Path(first_image))
+    original = geometry.shape
     if tuple(truth.shape) != tuple(original):
         raise DataError(
             f"case {case['id']}: label shape {tuple(truth.shape)} differs from image shape {tuple(original)} "
@@ -168,7 +172,8 @@ def load_case(
             f"case {case['id']}: label values {low}..{high} are outside the model's classes 0..{num_classes - 1} "
             f"({_first(case['label'])}); evaluate with labels of the same classes"
         )
-    return LabelledCase(case["id"], image, truth.to(torch.int16), voxel_spacing(case, truth.ndim))
+    affine = None if geometry.affine is None else np.asarray(geometry.affine, dtype=np.float64)
+    return LabelledCase(case["id"], image, truth.to(torch.int16), voxel_spacing(case, truth.ndim), affine)
 
 
 def _load_dicom_case(case: dict[str, Any], image_chain: Any, channels: int, num_classes: int) -> LabelledCase:

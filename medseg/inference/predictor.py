@@ -11,9 +11,11 @@ class:
   memory limit there, as in training's validation.
 Each chunk of slice probabilities is resized in-plane to the target grid, blended along the slice
 axis when its length differs (see `resample.py`), turned into class indices slice by slice, and
-dropped. Inputs are padded to data.pad_divisible the way validation pads them (MONAI DivisiblePad:
-symmetric, zeros) and cropped back, so evaluate sees what validation sees. Optional flip test-time
-augmentation averages the probabilities over flips of each spatial axis (for 3D, of each slab).
+dropped. A model trained with data.spacing needs the input's affine (`affine=`): its grid is Spacingd's,
+and the way back samples it where each input voxel's centre lies (the geometric inverse), not a resize.
+Inputs are padded to data.pad_divisible the way validation pads them (MONAI DivisiblePad: symmetric,
+zeros) and cropped back, so evaluate sees what validation sees. Optional flip test-time augmentation
+averages the probabilities over flips of each spatial axis (for 3D, of each slab).
 
 Ensembles: `model` may be a sequence of models sharing one data config (the folds of one
 configuration). Each batch of slices (each 3D slab) runs through every model in turn and their
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.inference.resample import AlongAxis, resize_in_plane
+from medseg.inference.resample import way_back
 from medseg.inference.slabs import plan_slabs, windows_within
 from medseg.precision import Precision
 
@@ -72,15 +74,23 @@ class VolumePredictor:
         self.context = context_slices(data_cfg)
         self.tta, self.overlap, self.batch_size = tta, overlap, max(1, batch_size)
         self.num_classes, self.slab_bytes = num_classes, slab_bytes
+        self.spacing = list(data_cfg.spacing) if data_cfg.get("spacing") else None
 
     @torch.no_grad()
-    def labels(self, image: torch.Tensor, shape: tuple[int, ...], threshold: float | None = None) -> torch.Tensor:
+    def labels(
+        self,
+        image: torch.Tensor,
+        shape: tuple[int, ...],
+        threshold: float | None = None,
+        affine: Any = None,
+    ) -> torch.Tensor:
         """image (C, *spatial) -> class indices (int16, CPU) of `shape`, the grid to predict on.
 
-        `threshold` applies to two-class models (see `to_labels`); None = argmax.
+        `threshold` applies to two-class models (see `to_labels`); None = argmax. `affine`: the 4x4 affine
+        of that grid, needed by a model trained with data.spacing (see `probability_slices`).
         """
         out = None
-        for t, probs in self.probability_slices(image, shape):
+        for t, probs in self.probability_slices(image, shape, affine):
             if out is None:
                 out = torch.zeros((slice_count(image, shape, self.axis), *probs.shape[1:]), dtype=torch.int16)
             out[t] = to_labels(probs, threshold).to(torch.int16)
@@ -88,19 +98,34 @@ class VolumePredictor:
         return from_slices(out, image.ndim == 3, self.axis)
 
     @torch.no_grad()
-    def probability_slices(self, image: torch.Tensor, shape: tuple[int, ...]) -> Iterator[tuple[int, torch.Tensor]]:
+    def probability_slices(
+        self, image: torch.Tensor, shape: tuple[int, ...], affine: Any = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """(t, probabilities (K, a, b)) for each target slice t along the slice axis, in order, on the grid
-        `shape`; the other spatial axes keep their order (a native 2D image is one slice of shape (W, H))."""
+        `shape`; the other spatial axes keep their order (a native 2D image is one slice of shape (W, H)).
+
+        With data.spacing, the image is on Spacingd's grid and `affine` (the target grid's, as the volume
+        chain read it) places each target voxel on it (medseg/deploy/spacing_inverse.py)."""
         native_2d = image.ndim == 3
         if native_2d:  # one slice along a new last axis
             image, shape, axis = image[..., None], (*shape, 1), 2
         else:
             axis = self.axis
-        target = (shape[axis], *(s for d, s in enumerate(shape) if d != axis))
-        along = AlongAxis(image.shape[axis + 1], target[0])
+        transform = self._back_transform(image, shape, affine, native_2d)
+        along, in_plane = way_back(image.shape[1:], shape, axis, transform)
         for chunk in self._chunks(image, axis):  # (K, n, a, b) in the model's space
-            yield from along.feed(resize_in_plane(chunk, target[1:]))
+            yield from along.feed(in_plane(chunk))
         assert along.done(), "every target slice is written"
+
+    def _back_transform(self, image: torch.Tensor, shape: tuple[int, ...], affine: Any, native_2d: bool) -> Any:
+        """Target voxel -> model-grid coordinate (data.spacing), or None: a resize by shape."""
+        if not self.spacing or native_2d:
+            return None
+        if affine is None:
+            raise ValueError("a model trained with data.spacing maps its prediction back with the input's affine")
+        from medseg.deploy.spacing_inverse import back_transform
+
+        return back_transform(affine, shape, self.spacing, image.shape[1:])
 
     def _chunks(self, image: torch.Tensor, axis: int) -> Iterator[torch.Tensor]:
         """Probabilities (K, n, a, b) for consecutive slices along `axis`, cropped of padding."""

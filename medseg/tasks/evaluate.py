@@ -80,7 +80,7 @@ def run_evaluate(cfg: DictConfig) -> float | None:
             item = load_stored_case(store, case, data_cfg, label_chain, channels, k)
         else:
             item = load_case(case, image_chain, label_chain, channels, k)
-        pred = predictor.labels(item.image, tuple(item.truth.shape), threshold)
+        pred = predictor.labels(item.image, tuple(item.truth.shape), threshold, item.affine)
         scores = class_scores(pred, item.truth, k, bool(cfg.evaluate.hd95), item.spacing)
         rows += [{"case": item.id, "class": names[c], **s} for c, s in enumerate(scores, start=1)]
         spacings.add(item.spacing is not None)

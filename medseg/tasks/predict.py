@@ -49,7 +49,7 @@ def run_predict(cfg: DictConfig) -> None:
     for case in progress(files):
         with image_file(case, modalities) as (path, volume):
             image, geom = load_input(path, chain, channels)
-            labels = predictor.labels(image, geom.shape, float(pcfg.threshold)).numpy()
+            labels = predictor.labels(image, geom.shape, float(pcfg.threshold), geom.affine).numpy()
             name = case.name
             if pcfg.save:
                 fmt, names = str(pcfg.output_format), restored.class_names
