@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from medseg.benchmarks.spacing_backmap import ramp_data_cfg
 from medseg.deploy.spacing_inverse import back_transform
 
 CASES = {  # input affine, shape, data.spacing, data.scale
@@ -71,25 +72,6 @@ def ramp_model(channel: int) -> torch.nn.Module:
     return Ramp()
 
 
-def _data_cfg(spacing: tuple[float, ...], scale: float):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(
-        {
-            "dims": 3,
-            "slice_axis": 2,
-            "patch_size": None,
-            "pad_divisible": 1,
-            "context_slices": 0,
-            "spacing": list(spacing),
-            "image_size": None,
-            "scale": scale,
-            "layout": "msd",
-            "intensity": {"preset": "none"},
-        }
-    )
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_structure_edge_comes_back_where_it_was_in_mm(name, tmp_path):
     """predict / evaluate / val/dice / out-of-fold all map back through VolumePredictor.probability_slices:
@@ -103,7 +85,7 @@ def test_a_structure_edge_comes_back_where_it_was_in_mm(name, tmp_path):
     ramps, edges, mm = _ramps(affine, shape)
     path = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(np.moveaxis(ramps, 0, -1), affine), str(path))
-    cfg = _data_cfg(spacing, scale)
+    cfg = ramp_data_cfg(spacing, scale)
     stored = plain(volume_transforms(cfg, with_label=False)({"image": str(path)})["image"]).float()
     assert tuple(stored.shape[1:]) != shape  # resampled: the way back has work to do
     read_affine = nib.load(str(path)).affine
@@ -127,7 +109,7 @@ def test_a_spacing_model_refuses_to_map_back_without_the_affine():
     from medseg.inference.predictor import VolumePredictor
     from medseg.precision import Precision
 
-    cfg = _data_cfg((1.0, 1.0, 1.0), 1.0)
+    cfg = ramp_data_cfg((1.0, 1.0, 1.0), 1.0)
     predictor = VolumePredictor(ramp_model(0), cfg, torch.device("cpu"), Precision("32", None, False))
     with pytest.raises(ValueError, match="affine"):
         predictor.labels(torch.rand(1, 6, 6, 4), (8, 8, 5))

@@ -40,7 +40,8 @@ def ramp_model(channel: int):  # noqa: ANN201
     return Ramp()
 
 
-def _data_cfg(spacing: tuple[float, ...], scale: float):  # noqa: ANN202
+def ramp_data_cfg(spacing: tuple[float, ...], scale: float):  # noqa: ANN201
+    """The data settings a ramp case is read with: 3D, one volume, the given data.spacing and data.scale."""
     from omegaconf import OmegaConf
 
     return OmegaConf.create(
@@ -73,7 +74,7 @@ def round_trip(folder: Path, spacing, shape, target, scale, channel: int, image:
     affine[:3, 3] = [-3.0, 5.0, 11.0]
     path = folder / "case.nii.gz"
     nib.save(nib.Nifti1Image(np.moveaxis(image, 0, -1).astype(np.float32), affine), str(path))
-    cfg = _data_cfg(target, scale)
+    cfg = ramp_data_cfg(target, scale)
     stored = plain(volume_transforms(cfg, with_label=False)({"image": str(path)})["image"]).float()
     predictor = VolumePredictor(ramp_model(channel), cfg, torch.device("cpu"), Precision("32", None, False))
     out = np.zeros(shape, np.float32)

@@ -54,16 +54,7 @@ def linear_resize(array: np.ndarray, size: dict[int, int]) -> np.ndarray:
         old = out.shape[axis]
         if old == new:
             continue
-        i0, i1, w = source_index(new, old, single=True)
-        shape = [1] * out.ndim
-        shape[axis] = new
-        w = w.reshape(shape)
-        lo = np.take(out, i0, axis=axis)
-        lo *= 1 - w
-        hi = np.take(out, i1, axis=axis)
-        hi *= w
-        lo += hi
-        out = lo
+        out = _blend(out, axis, *source_index(new, old, single=True))
     return np.ascontiguousarray(out)
 
 
@@ -74,16 +65,21 @@ def linear_sample(array: np.ndarray, positions: dict[int, np.ndarray]) -> np.nda
     out = array.astype(np.float32, copy=False)
     for axis, p in sorted(positions.items()):
         i0, i1, w = linear_pairs(p, out.shape[axis])
-        shape = [1] * out.ndim
-        shape[axis] = len(w)
-        w = w.astype(np.float32).reshape(shape)
-        lo = np.take(out, i0, axis=axis)
-        lo *= 1 - w
-        hi = np.take(out, i1, axis=axis)
-        hi *= w
-        lo += hi
-        out = lo
+        out = _blend(out, axis, i0, i1, w.astype(np.float32))
     return np.ascontiguousarray(out)
+
+
+def _blend(array: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(1 - w) * array[i0] + w * array[i1] along `axis`, in float32, in that order of operations."""
+    shape = [1] * array.ndim
+    shape[axis] = len(w)
+    w = w.reshape(shape)
+    lo = np.take(array, i0, axis=axis)
+    lo *= 1 - w
+    hi = np.take(array, i1, axis=axis)
+    hi *= w
+    lo += hi
+    return lo
 
 
 class AlongAxis:
