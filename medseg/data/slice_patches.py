@@ -109,6 +109,8 @@ class SlicePatchDataset(SliceDataset):
         if centre is None:
             centre = [self._draw(n) for n in self.in_plane_shape(v, s)]
         image, label = self.crop(v, s, centre)
+        if self.transform is None:  # batched augmentation: the batch step converts and copies once
+            return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
         with without_meta():
             return _as_item(self.transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)}))
 
