@@ -40,6 +40,19 @@ def test_batched_nnunet_augmentation_is_the_same_with_zero_or_two_workers(compos
     assert not all(torch.allclose(x["image"], y["image"]) for x, y in zip(a, again))  # a new draw each epoch
 
 
+def test_batched_augmentation_leaves_cases_held_in_ram_untouched(compose):
+    cfg = compose(
+        "recipe=nnunet", *PATCH_2D, "data.cache_rate=1", "data.augment.noise_prob=1", "hardware.num_workers=0"
+    )
+    data = build_data(cfg)
+    held = data.train_set.volumes._ram
+    before = {v: {k: a.copy() for k, a in parts.items()} for v, parts in held.items()}
+    assert before and len(_epoch(data.train_loader)) > 1  # items are views of these arrays where nothing is padded
+    for v, parts in held.items():
+        for k, a in parts.items():
+            assert (a == before[v][k]).all(), (v, k)
+
+
 def test_read_region_is_larger_by_nnunets_rule_and_centre_crops_when_nothing_moves():
     s = settings_from({"rotation_prob": 0.2, "scaling_prob": 0.2}, 2, [224, 224])
     # nnU-Net v2.8.1's initial patch sizes for these patches (get_patch_size, printed by its venv)

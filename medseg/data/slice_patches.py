@@ -128,6 +128,11 @@ class SlicePatchDataset(SliceDataset):
         out = []
         for part in ("image", "label"):
             read = self.volumes.read(v, part, index)
+            # the slice covers the patch: nothing to pad. Only for the batched augmentation, which reads
+            # items without writing to them (a view of a case held in RAM must stay untouched)
+            if self.transform is None and list(read.shape[1:]) == self.size:
+                out.append(read)
+                continue
             patch = np.zeros((read.shape[0], *self.size), dtype=read.dtype)
             patch[(slice(None), *dst)] = read
             out.append(patch)
