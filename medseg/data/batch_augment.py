@@ -210,32 +210,35 @@ class BatchAugment:
         pick = _chance(b, s.noise_prob, g).nonzero().flatten()
         if pick.numel():
             std = torch.rand(pick.numel(), generator=g, device=dev) * s.noise_std
-            noise = torch.randn(x[pick].shape, generator=g, device=dev)
-            x[pick] = x[pick] + noise * _bcast(std, x.ndim)
+            noise = torch.randn((pick.numel(), *x.shape[1:]), generator=g, device=dev)
+            x.index_add_(0, pick, noise * _bcast(std, x.ndim))  # adds in place: no gather of x[pick]
         pick = _chance(b, s.blur_prob, g).nonzero().flatten()
         if pick.numel():
             lo, hi = s.blur_sigma
             sigma = lo + (hi - lo) * torch.rand(pick.numel(), self.dims, generator=g, device=dev)
-            x[pick] = gaussian_blur(x[pick], sigma)
+            x.index_copy_(0, pick, gaussian_blur(x.index_select(0, pick), sigma))
         pick = _chance(b, s.brightness_prob, g).nonzero().flatten()
         if pick.numel():
-            x[pick] = x[pick] * _bcast(_bg_contrast(pick.numel(), x.shape[1], s.brightness, g, dev), x.ndim, 2)
+            f = _bcast(_bg_contrast(pick.numel(), x.shape[1], s.brightness, g, dev), x.ndim, 2)
+            x.index_copy_(0, pick, x.index_select(0, pick) * f)
         pick = _chance(b, s.contrast_prob, g).nonzero().flatten()
         if pick.numel():
-            sub = x[pick]
+            sub = x.index_select(0, pick)
             f = _bcast(_bg_contrast(pick.numel(), x.shape[1], s.contrast, g, dev), x.ndim, 2)
             mean = sub.mean(axes, keepdim=True)
             lo, hi = sub.amin(axes, keepdim=True), sub.amax(axes, keepdim=True)
-            x[pick] = torch.minimum(torch.maximum((sub - mean) * f + mean, lo), hi)
+            x.index_copy_(0, pick, torch.minimum(torch.maximum((sub - mean) * f + mean, lo), hi))
         pick = _chance(b, s.lowres_prob, g).nonzero().flatten()
         if pick.numel():
             lo, hi = s.lowres_zoom
             zoom = (lo + (hi - lo) * torch.rand(pick.numel(), generator=g, device=dev)).tolist()
-            x[pick] = torch.cat([low_resolution(x[i : i + 1], z) for i, z in zip(pick.tolist(), zoom)])
+            for i, z in zip(pick.tolist(), zoom):
+                x[i : i + 1] = low_resolution(x[i : i + 1], z)
         for prob, invert in ((s.gamma_invert_prob, True), (s.gamma_prob, False)):
             pick = _chance(b, prob, g).nonzero().flatten()
             if pick.numel():
-                x[pick] = gamma(x[pick], _bg_contrast(pick.numel(), x.shape[1], s.gamma, g, dev), invert)
+                y = gamma(x.index_select(0, pick), _bg_contrast(pick.numel(), x.shape[1], s.gamma, g, dev), invert)
+                x.index_copy_(0, pick, y)
         return x
 
     # ------------------------------------------------------------------ mirroring
