@@ -53,6 +53,17 @@ def test_batched_augmentation_leaves_cases_held_in_ram_untouched(compose):
             assert (a == before[v][k]).all(), (v, k)
 
 
+def test_batch_size_probe_sees_items_as_the_model_does(compose):
+    from medseg.hardware import probe_sample
+
+    data = build_data(compose("recipe=nnunet", *PATCH_2D, "hardware.num_workers=0"))
+    data.train_set.set_read_large(True)  # the raw item is then the larger read region
+    assert tuple(data.train_set[0]["image"].shape[1:]) != (32, 32)
+    sample = probe_sample(data.train_set)
+    assert tuple(sample["image"].shape[1:]) == (32, 32) and sample["image"].dtype == torch.float32
+    assert tuple(sample["label"].shape[1:]) == (32, 32) and sample["label"].dtype == torch.long
+
+
 def test_read_region_is_larger_by_nnunets_rule_and_centre_crops_when_nothing_moves():
     s = settings_from({"rotation_prob": 0.2, "scaling_prob": 0.2}, 2, [224, 224])
     # nnU-Net v2.8.1's initial patch sizes for these patches (get_patch_size, printed by its venv)
