@@ -62,6 +62,9 @@ def test_batch_size_probe_sees_items_as_the_model_does(compose):
     sample = probe_sample(data.train_set)
     assert tuple(sample["image"].shape[1:]) == (32, 32) and sample["image"].dtype == torch.float32
     assert tuple(sample["label"].shape[1:]) == (32, 32) and sample["label"].dtype == torch.long
+    from medseg.models.input_size import shared_item_size
+
+    assert shared_item_size([data.train_set])[0] == (32, 32)  # a fixed-size network is built for the patch
 
 
 def test_read_region_is_larger_by_nnunets_rule_and_centre_crops_when_nothing_moves():
