@@ -330,6 +330,19 @@ def fit_micro_batch(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device
     return probe_and_rebuild(cfg, model, loss_fn, data, device, precision)
 
 
+def probe_sample(train_set: Any) -> dict[str, Any]:
+    """One training item as the model sees it: with batched augmentation an item is the raw store region
+    (possibly the larger read region, labels as stored), which the batch step cuts to the patch."""
+    sample = train_set[0]
+    if isinstance(sample, list):  # 3D patch sampling returns several patches per volume
+        sample = sample[0]
+    augment = getattr(train_set, "batch_augment", None)
+    if augment is not None:
+        batch = augment({"image": [sample["image"]], "label": [sample["label"]]})
+        sample = {"image": batch["image"][0], "label": batch["label"][0]}
+    return sample
+
+
 def probe_and_rebuild(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, device: Any, precision: Any) -> Any:
     """Search the largest micro-batch with real forward/backward probes on `device`, update cfg, and return the
     train loader (rebuilt for the new micro-batch). The model's weights and norm statistics are left as they were."""
@@ -339,9 +352,7 @@ def probe_and_rebuild(cfg: DictConfig, model: Any, loss_fn: Any, data: Any, devi
 
     memory_format = torch.channels_last if cfg.hardware.channels_last and int(cfg.data.dims) == 2 else None
     before = int(cfg.data.batch_size)
-    sample = data.train_set[0]
-    if isinstance(sample, list):  # 3D patch sampling returns several patches per volume
-        sample = sample[0]
+    sample = probe_sample(data.train_set)
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     per_item = int(getattr(data.train_set, "items_per_index", 1) or 1)
     probe = oom_probe(model, loss_fn, sample, device, precision, memory_format)

@@ -33,10 +33,38 @@ def test_batched_nnunet_augmentation_is_the_same_with_zero_or_two_workers(compos
         assert torch.equal(x["index"], y["index"]) and torch.equal(x["index"], r["index"])
         assert torch.allclose(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
         assert set(x["label"].unique().tolist()) <= set(range(4))  # labels stay class indices
+        assert x["label"].dtype == torch.long and x["image"].dtype == torch.float32
         changed += int(not torch.allclose(x["image"], r["image"]))
     assert changed > 0
     again = _epoch(d2.train_loader, 1)
     assert not all(torch.allclose(x["image"], y["image"]) for x, y in zip(a, again))  # a new draw each epoch
+
+
+def test_batched_augmentation_leaves_cases_held_in_ram_untouched(compose):
+    cfg = compose(
+        "recipe=nnunet", *PATCH_2D, "data.cache_rate=1", "data.augment.noise_prob=1", "hardware.num_workers=0"
+    )
+    data = build_data(cfg)
+    held = data.train_set.volumes._ram
+    before = {v: {k: a.copy() for k, a in parts.items()} for v, parts in held.items()}
+    assert before and len(_epoch(data.train_loader)) > 1  # items are views of these arrays where nothing is padded
+    for v, parts in held.items():
+        for k, a in parts.items():
+            assert (a == before[v][k]).all(), (v, k)
+
+
+def test_batch_size_probe_sees_items_as_the_model_does(compose):
+    from medseg.hardware import probe_sample
+
+    data = build_data(compose("recipe=nnunet", *PATCH_2D, "hardware.num_workers=0"))
+    data.train_set.set_read_large(True)  # the raw item is then the larger read region
+    assert tuple(data.train_set[0]["image"].shape[1:]) != (32, 32)
+    sample = probe_sample(data.train_set)
+    assert tuple(sample["image"].shape[1:]) == (32, 32) and sample["image"].dtype == torch.float32
+    assert tuple(sample["label"].shape[1:]) == (32, 32) and sample["label"].dtype == torch.long
+    from medseg.models.input_size import shared_item_size
+
+    assert shared_item_size([data.train_set])[0] == (32, 32)  # a fixed-size network is built for the patch
 
 
 def test_read_region_is_larger_by_nnunets_rule_and_centre_crops_when_nothing_moves():
@@ -48,6 +76,30 @@ def test_read_region_is_larger_by_nnunets_rule_and_centre_crops_when_nothing_mov
     image = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 1, 10, 10)
     out = BatchAugment(settings_from({}, 2), 2, [6, 6])({"image": image, "label": image.long(), "seed": [1, 2]})
     assert torch.equal(out["image"], image[:, :, 2:8, 2:8]) and torch.equal(out["label"], image[:, :, 2:8, 2:8].long())
+    # mirrored on every axis, items handed over unstacked with int16 labels as the store reads them
+    mirror = BatchAugment(settings_from({"flip_prob": 1.0}, 2), 2, [6, 6])
+    items = {"image": list(image), "label": [t.to(torch.int16) for t in image], "seed": [1, 2]}
+    out = mirror(items)
+    crop = image[:, :, 2:8, 2:8].flip(-1, -2)
+    assert torch.equal(out["image"], crop) and torch.equal(out["label"], crop.long())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_resampling_equals_affine_grid_and_grid_sample(dims):
+    import torch.nn.functional as F
+
+    torch.manual_seed(4)
+    size_in, size_out = [9, 11, 13][:dims], [6, 7, 8][:dims]
+    image, label = torch.rand(2, 1, *size_in), torch.randint(0, 4, (2, 1, *size_in))
+    matrix = torch.randn(2, dims, dims)
+    out_i, out_l = resample(image, label, matrix, size_out)
+    # the same map written for affine_grid: normalised output coordinates to normalised input ones
+    half_out = torch.tensor([s / 2 for s in reversed(size_out)])
+    half_in = torch.tensor([s / 2 for s in reversed(size_in)])
+    theta = torch.cat([matrix * half_out[None, None, :] / half_in[None, :, None], torch.zeros(2, dims, 1)], 2)
+    grid = F.affine_grid(theta, [2, 1, *size_out], align_corners=False)
+    assert torch.allclose(out_i, F.grid_sample(image, grid, align_corners=False), atol=1e-5)
+    assert torch.equal(out_l, F.grid_sample(label.float(), grid, mode="nearest", align_corners=False).long())
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -88,6 +140,9 @@ def test_blur_matches_a_gaussian_kernel_written_out():
         kx = torch.exp(-0.5 * (r / sigma[i, 1]) ** 2)
         k = torch.outer(ky / ky.sum(), kx / kx.sum())
         assert float(out[i, 0, 8, 8]) == pytest.approx(float((x[i, 0, 5:12, 5:12] * k).sum()), abs=1e-5)
+        # the corner voxel (0, 0): the borders are reflected (x[-j] = x[j])
+        edge = x[i, 0, [3, 2, 1, 0, 1, 2, 3]][:, [3, 2, 1, 0, 1, 2, 3]]
+        assert float(out[i, 0, 0, 0]) == pytest.approx(float((edge * k).sum()), abs=1e-5)
 
 
 def test_per_item_monai_chain_of_the_same_keys(compose):

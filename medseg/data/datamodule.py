@@ -105,6 +105,8 @@ def build_data(cfg: Any, world_size: int = 1, rank: int = 0) -> DataBundle:
     train_tf, val_tf = item_transforms(data_cfg, train=True), item_transforms(data_cfg, train=False)
     augment = batch_augment_for(cfg)  # nnU-Net's augmentation on whole batches (data.augment.batched) or None
     read = read_size(list(data_cfg.patch_size), augment.s) if augment and data_cfg.patch_size else data_cfg.patch_size
+    if augment is not None and data_cfg.patch_size:
+        train_tf = None  # the batch augmentation cuts every item to the patch: padding the read region is wasted
     fg_share = data_cfg.get("fg_oversample")
     if dims == 2 and data_cfg.patch_size:
         from medseg.data.slice_patches import SlicePatchDataset

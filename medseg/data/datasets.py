@@ -305,6 +305,9 @@ class PatchDataset(Dataset):
         out = []
         for _ in range(self.items_per_index):
             image, label = self.patch_at(i, self.draw_centre(i))
+            if self.transform is None:  # batched augmentation: the batch step converts and copies once
+                out.append({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+                continue
             with without_meta():
                 out.append(
                     _as_item(self.transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)}))

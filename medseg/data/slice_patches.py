@@ -109,6 +109,8 @@ class SlicePatchDataset(SliceDataset):
         if centre is None:
             centre = [self._draw(n) for n in self.in_plane_shape(v, s)]
         image, label = self.crop(v, s, centre)
+        if self.transform is None:  # batched augmentation: the batch step converts and copies once
+            return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
         with without_meta():
             return _as_item(self.transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)}))
 
@@ -126,6 +128,11 @@ class SlicePatchDataset(SliceDataset):
         out = []
         for part in ("image", "label"):
             read = self.volumes.read(v, part, index)
+            # the slice covers the patch: nothing to pad. Only for the batched augmentation, which reads
+            # items without writing to them (a view of a case held in RAM must stay untouched)
+            if self.transform is None and list(read.shape[1:]) == self.size:
+                out.append(read)
+                continue
             patch = np.zeros((read.shape[0], *self.size), dtype=read.dtype)
             patch[(slice(None), *dst)] = read
             out.append(patch)

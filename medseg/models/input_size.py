@@ -34,6 +34,10 @@ def shared_item_size(datasets: Sequence[Any], max_items: int = 32) -> tuple[tupl
         n = len(dataset)
         if n == 0:
             continue
+        cut = getattr(getattr(dataset, "batch_augment", None), "out_size", None)
+        if cut:  # batched augmentation cuts every item (a raw read region) to this size
+            sizes.add(tuple(int(s) for s in cut))
+            continue
         for i in np.unique(np.linspace(0, n - 1, min(n, max_items)).astype(int)):
             sizes.add(item_size(dataset[int(i)]))
     return (next(iter(sizes)) if len(sizes) == 1 else None), sizes
