@@ -97,21 +97,45 @@ class OnnxPredictor:
             assert affine is not None, "a model trained with data.spacing maps back with the input's affine"
             transform = back_transform(affine, shape, self.spacing, image.shape[1:])
         along, in_plane = way_back(image.shape[1:], shape, axis, transform)
-        for chunk in self._chunks(image, axis):  # (K, n, a, b)
-            chunk = self._in_parts(in_plane, chunk, 0)
+        for chunk in self._chunks(image, axis, in_plane):  # (K, n, a, b), in-plane on the way back already
             yield from along.feed(chunk)
         assert along.done(), "every target slice is written"
 
     # ------------------------------------------------------------------ chunks of probabilities
-    def _chunks(self, image: np.ndarray, axis: int) -> Iterator[np.ndarray]:
+    def _chunks(
+        self, image: np.ndarray, axis: int, in_plane: Callable[[np.ndarray], np.ndarray]
+    ) -> Iterator[np.ndarray]:
+        """Probabilities (K, n, a, b) of the next slices along the slice axis, in-plane through `in_plane`."""
         if self.dims == 3 and image.ndim == 4:
-            yield from self._slabs_3d(image, axis)
+            for chunk in self._slabs_3d(image, axis):
+                yield self._in_parts(in_plane, chunk, 0)
             return
         vol = np.moveaxis(image, axis + 1, 1)  # (C, S, a, b)
         count = vol.shape[1]
         for i in range(0, count, self.batch_size):
             x = slab_inputs(vol, range(i, min(count, i + self.batch_size)), self.context)
-            yield np.moveaxis(self._probabilities(x, self._forward), 0, 1)
+            if self.logits and len(self.sessions) == 1 and not self.tta:
+                yield from self._slice_by_slice(x, in_plane)
+            else:
+                yield self._in_parts(in_plane, np.moveaxis(self._probabilities(x, self._forward), 0, 1), 0)
+
+    def _slice_by_slice(self, x: np.ndarray, in_plane: Callable[[np.ndarray], np.ndarray]) -> Iterator[np.ndarray]:
+        """One network pass over the slices `x`, then each slice's softmax and in-plane resampling as one task
+        on the pool: a slice's class maps are still in the cache when they are resampled (4 x 118 x 256 x 256
+        to 224 x 224 on 2 threads: 0.18 s against 0.29 s for softmax and resampling over the whole batch).
+        Each value is computed by the same operations as in `_probabilities`."""
+        x = x.astype(np.float32, copy=False)
+        padded, before = divisible_pad(x, self.k)
+        logits = self._forward(padded)
+        size = x.shape[2:]
+
+        def one(j: int) -> np.ndarray:
+            probs = np.array(crop(logits[j : j + 1], before, size), dtype=np.float32, copy=True)
+            softmax_in_place(probs)
+            return in_plane(np.moveaxis(probs, 0, 1))  # (K, 1, a, b)
+
+        jobs = range(logits.shape[0])
+        yield from (self._pool.map(one, jobs) if self._pool is not None else map(one, jobs))
 
     def _slabs_3d(self, image: np.ndarray, axis: int) -> Iterator[np.ndarray]:
         size = image.shape[1:]
