@@ -8,7 +8,15 @@ import math
 import pytest
 import torch
 
-from medseg.data.batch_augment import BatchAugment, gamma, gaussian_blur, read_size, resample, settings_from
+from medseg.data.batch_augment import (
+    BatchAugment,
+    gamma,
+    gaussian_blur,
+    read_size,
+    resample,
+    resample_labels,
+    settings_from,
+)
 from medseg.data.datamodule import build_data
 
 PATCH_2D = ["data.patch_size=[32,32]", "data.synthetic.shape=[48,48,8]", "data.batch_size=6"]
@@ -99,7 +107,44 @@ def test_resampling_equals_affine_grid_and_grid_sample(dims):
     theta = torch.cat([matrix * half_out[None, None, :] / half_in[None, :, None], torch.zeros(2, dims, 1)], 2)
     grid = F.affine_grid(theta, [2, 1, *size_out], align_corners=False)
     assert torch.allclose(out_i, F.grid_sample(image, grid, align_corners=False), atol=1e-5)
-    assert torch.equal(out_l, F.grid_sample(label.float(), grid, mode="nearest", align_corners=False).long())
+    assert torch.equal(out_l, _nnunet_labels(label, grid))
+
+
+def _nnunet_labels(label: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """batchgeneratorsv2's SpatialTransform with mode_seg='bilinear' (nnU-Net v2.8.1's default), written out
+    per sample and per label value: each value's indicator resampled linearly, >= 0.5 takes the value."""
+    import torch.nn.functional as F
+
+    out = torch.zeros((label.shape[0], 1, *grid.shape[1:-1]), dtype=label.dtype)
+    for i in range(label.shape[0]):
+        values = sorted(set(label[i].flatten().tolist()))
+        for k, u in enumerate(values):
+            moved = F.grid_sample((label[i : i + 1] == u).float(), grid[i : i + 1], align_corners=False)[0, 0] >= 0.5
+            if len(values) == 2:
+                out[i, 0][moved if k else ~moved] = u
+            else:
+                out[i, 0][moved] = u
+    return out
+
+
+def test_labels_resample_as_nnunet_does_not_as_nearest_neighbours():
+    """A half-voxel shift of a two-class stripe: nearest neighbours keep the stripe's width at the sampling
+    offset, nnU-Net's linear indicator >= 0.5 rule widens it to both voxels the stripe's border touches."""
+    import torch.nn.functional as F
+
+    label = torch.zeros(1, 1, 1, 8, dtype=torch.long)
+    label[..., 3:5] = 2
+    grid = torch.zeros(1, 1, 8, 2)
+    grid[..., 0] = (torch.arange(8) + 0.5 + 0.5) * 2 / 8 - 1  # each output voxel reads half a voxel right
+    moved = resample_labels(label, grid)
+    nearest = F.grid_sample(label.float(), grid, mode="nearest", align_corners=False).long()
+    assert moved[0, 0, 0].tolist() == [0, 0, 2, 2, 2, 0, 0, 0]  # 0.5 reaches 0.5 on both borders
+    assert nearest[0, 0, 0].tolist() != moved[0, 0, 0].tolist()
+    # no background among the values, and a single value: the rule as written out
+    torch.manual_seed(5)
+    grid = torch.rand(3, 5, 6, 2) * 2.4 - 1.2  # partly outside the input
+    for label in (torch.randint(1, 4, (3, 1, 7, 9)), torch.full((3, 1, 7, 9), 2), torch.randint(0, 2, (3, 1, 7, 9))):
+        assert torch.equal(resample_labels(label, grid), _nnunet_labels(label, grid))
 
 
 @pytest.mark.parametrize("dims", [2, 3])
