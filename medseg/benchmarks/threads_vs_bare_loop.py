@@ -1,6 +1,7 @@
 """A bare PyTorch loop, then medseg's training, back to back in one process: same network, data and batches.
 
     python -m medseg.benchmarks.threads_vs_bare_loop [--quick] [--epochs 3 --repeats 3 --cases 12 --size 64]
+    python -m medseg.benchmarks.threads_vs_bare_loop --quick --multirun   # medseg as two trials of run.py -m
 
 This is the situation where the 1-minute load average misled the automatic thread rule: the bare loop
 has just kept every CPU busy, and medseg starts right after it in the same process (as the next trial of
@@ -11,6 +12,9 @@ throughput is compared epoch for epoch (medseg's train/samples_per_s from histor
 training epoch only, not validation or checkpoints). Medians over epochs and rounds; the first epoch of
 each side is a warm-up and left out. Printed: samples/s of both, their ratio (target >= 0.98), the
 threads medseg chose and the load average at that moment (what the old rule would have read).
+
+--multirun: medseg's side is a Hydra multirun of two identical trials (`run.py -m ... seed=S,S`, one process,
+the trials back to back right after the bare loop), each trial's samples/s against the bare loop's.
 """
 
 from __future__ import annotations
@@ -78,6 +82,23 @@ def medseg_epochs(cfg: Any) -> tuple[list[float], int, float]:
     return [r["train/samples_per_s"] for r in history], threads, load
 
 
+def multirun_trials(base: list[str], sweep: Path, epochs: int) -> list[list[float]]:
+    """Training samples/s per epoch of each of two identical trials of `run.py -m` (one Hydra process)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    seed = next((o.split("=", 1)[1] for o in base if o.startswith("seed=")), "0")
+    cmd = [sys.executable, str(root / "run.py"), "-m", *base, "logger=none", f"seed={seed},{seed}"]
+    done = subprocess.run([*cmd, f"hydra.sweep.dir={sweep}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the multirun failed:\n{done.stderr[-3000:]}")
+    return [
+        [r["train/samples_per_s"] for r in json.loads((sweep / str(j) / "history.json").read_text())][:epochs]
+        for j in (0, 1)
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
@@ -85,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="a small run: 2 rounds of 3 epochs on 32x32 slices")
+    parser.add_argument("--multirun", action="store_true", help="medseg as two trials of one run.py -m process")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.channels=[8,16]")
     args = parser.parse_args(argv)
     if args.quick:
@@ -103,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"paths.cache_dir={tmp}/cache",
             *args.overrides,
         ]
+        if args.multirun:
+            return _multirun(base, Path(tmp), args)
         bare, ours, same, chosen, loads = [], [], [], [], []
         for r in range(args.repeats):
             bare += bare_epochs(compose([*base, f"paths.output_dir={tmp}/bare{r}"]), args.epochs)[1:]
@@ -134,6 +158,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"bare loop at medseg's thread count: {result['bare_same_threads_samples_per_s']:8.1f} samples/s")
     alone = result["ratio_same_threads"]
     print(f"ratio medseg/bare: {result['ratio']:.3f}   (the loop alone, same threads: {alone:.3f})")
+    return result
+
+
+def _multirun(base: list[str], tmp: Path, args: Any) -> dict[str, Any]:
+    bare: list[float] = []
+    trials: list[list[float]] = [[], []]
+    for r in range(args.repeats):
+        bare += bare_epochs(compose([*base, f"paths.output_dir={tmp}/bare{r}"]), args.epochs)[1:]
+        for j, rates in enumerate(multirun_trials(base, tmp / f"sweep{r}", args.epochs)):
+            trials[j] += rates[1:]
+    result = {"bare_samples_per_s": statistics.median(bare)}
+    print(
+        f"U-Net 2D on {args.size}x{args.size} slices, {args.epochs} epochs x {args.repeats} rounds"
+        " (first epoch of each side left out)"
+    )
+    print(f"bare loop        : {result['bare_samples_per_s']:8.1f} samples/s  (epochs: {_list(bare)})")
+    for j, rates in enumerate(trials):
+        result[f"trial{j}_samples_per_s"] = statistics.median(rates)
+        result[f"trial{j}_ratio"] = result[f"trial{j}_samples_per_s"] / result["bare_samples_per_s"]
+        print(
+            f"multirun trial {j} : {result[f'trial{j}_samples_per_s']:8.1f} samples/s  (epochs: {_list(rates)})"
+            f"  ratio to the bare loop {result[f'trial{j}_ratio']:.3f}"
+        )
     return result
 
 
