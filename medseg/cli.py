@@ -104,6 +104,11 @@ def one_line_errors(entry: Callable[..., Any]) -> Callable[..., Any]:
             from medseg.config.groups import check_group_options
 
             check_group_options(sys.argv[1:])  # Hydra skips an unknown option of an optional group silently
+            from medseg.config.show_job import job_config_request, print_job_config
+
+            overrides = job_config_request(sys.argv)
+            if overrides is not None:  # --cfg job: with the values the run's start fills in (the plan)
+                return print_job_config(overrides)
             return entry(*args, **kwargs)
         except Exception as exc:
             message = None if debug else describe_user_error(exc)

@@ -184,6 +184,23 @@ def test_plan_auto_sets_config_values_and_command_line_wins(compose) -> None:
     assert compose("plan=auto", *small, "mode=predict", tiny=False).data.patch_size is None
 
 
+def test_cfg_job_prints_the_planned_values_and_a_command_line_key_wins(compose, run_cli, tmp_path: Path) -> None:
+    """`--cfg job` shows what the run will train: the plan's values, resolved (Hydra alone printed
+    `${plan:...}`), with a key given on the command line in place of the planned one; nothing is run."""
+    from medseg.planning.apply import current_plan
+
+    small = ("data.synthetic.num_cases=4", "data.synthetic.shape=[32,32,8]", "data.dims=3")
+    plan = current_plan(compose("plan=auto", *small, tiny=False))["configurations"]["3d_fullres"]
+    proc = run_cli("plan=auto", *small, "data.batch_size=3", "+db_password=hunter2", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hunter2" not in proc.stdout + proc.stderr  # resolved, and secrets masked as in the run's files
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["model"]["_target_"] == "medseg.models.planned.PlannedUNet"
+    assert shown["data"]["patch_size"] == plan["patch_size"] and shown["model"]["strides"] == plan["strides"]
+    assert shown["data"]["batch_size"] == 3
+    assert not (tmp_path / "run").exists()
+
+
 def test_default_plans_msd_and_not_the_demo(compose) -> None:
     from medseg.planning.apply import apply_default_plan
 
