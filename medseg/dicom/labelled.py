@@ -19,7 +19,6 @@ import contextlib
 import re
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.dicom.series import Series, group_series, is_dicom_bytes, is_image, read_header, zip_member
+from medseg.dicom.series import Series, group_series, input_files, is_dicom_bytes, is_image, read_header
 from medseg.errors import DataError
 
 AFFINE_TOL = 1e-3  # mm: a NIfTI label's affine agrees with the series' to this (float32 headers)
@@ -178,34 +177,9 @@ def _files(path: Path) -> list[_File]:
         elif is_dicom_bytes(head()):
             found.append(_File(parts[:-1], parts[-1], shown, opener, "dicom"))
 
-    if path.is_file():
-        try:
-            zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"evaluate.input={path} is not a zip of DICOM files") from exc
-        with zf:
-            for info in zf.infolist():
-                if not info.is_dir():
-                    parts = PurePosixPath(info.filename).parts
-                    add(parts, f"{path}:{info.filename}", zip_member(path, info.filename), _zip_head(zf, info))
-    else:
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                add(p.relative_to(path).parts, str(p), lambda p=p: str(p), lambda p=p: _file_head(p))
+    for parts, shown, opener, head in input_files(path, f"evaluate.input={path} is not a zip of DICOM files"):
+        add(parts, shown, opener, head)
     return found
-
-
-def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], bytes]:
-    def head() -> bytes:
-        with zf.open(info) as member:
-            return member.read(132)
-
-    return head
-
-
-def _file_head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(132)
 
 
 def _where(path: Path, parts: tuple[str, ...]) -> str:

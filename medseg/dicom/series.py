@@ -19,9 +19,9 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -54,11 +54,7 @@ def is_dicom_bytes(head: bytes) -> bool:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return is_dicom_bytes(f.read(132))
-    except OSError:
-        return False
+    return is_dicom_bytes(_file_head(path))
 
 
 def holds_dicom(path: Path) -> bool:
@@ -80,25 +76,48 @@ def find_series(path: Path) -> list[Series]:
 
 def dicom_files(path: Path) -> list[tuple[Callable[[], Any], str]]:
     """(opener, name for messages) of every DICOM file in a folder (any depth) or a zip."""
-    found: list[tuple[Callable[[], Any], str]] = []
+    files = input_files(path, f"{path} is not a zip of DICOM files")
+    return [(opener, shown) for _, shown, opener, head in files if is_dicom_bytes(head())]
+
+
+def input_files(
+    path: Path, not_a_zip: str
+) -> Iterator[tuple[tuple[str, ...], str, Callable[[], Any], Callable[[], bytes]]]:
+    """Every file of a folder (any depth, sorted) or of a zip (a DataError `not_a_zip` when it is none):
+    (its path parts inside, its name for messages, an opener for pydicom / nibabel, its first 132 bytes).
+    Call the last one while iterating: a zip is open only then."""
     if path.is_file():
         try:
             zf = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
-            raise DataError(f"{path} is not a zip of DICOM files") from exc
+            raise DataError(not_a_zip) from exc
         with zf:
             for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                with zf.open(info) as member:
-                    head = member.read(132)
-                if is_dicom_bytes(head):
-                    found.append((zip_member(path, info.filename), f"{path}:{info.filename}"))
-    else:
-        for p in sorted(path.rglob("*")):
-            if p.is_file() and _is_dicom_file(p):
-                found.append((lambda p=p: str(p), str(p)))
-    return found
+                if not info.is_dir():
+                    head = lambda info=info: _zip_head(zf, info)  # noqa: E731
+                    yield (
+                        PurePosixPath(info.filename).parts,
+                        f"{path}:{info.filename}",
+                        zip_member(path, info.filename),
+                        head,
+                    )
+        return
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            yield p.relative_to(path).parts, str(p), (lambda p=p: str(p)), (lambda p=p: _file_head(p))
+
+
+def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    with zf.open(info) as member:
+        return member.read(132)
+
+
+def _file_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)
+    except OSError:
+        return b""
 
 
 def read_header(opener: Callable[[], Any], label: str) -> Any:
