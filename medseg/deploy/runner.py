@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.cpu_load import usable_cpus
 from medseg.deploy.manifest import load_manifest, postprocessing_ops, views
 from medseg.deploy.outputs import volume_geometry, write_case
 from medseg.deploy.postprocess import apply_postprocessing
@@ -106,17 +107,7 @@ def open_export(folder: str | Path, threads: int | None = None) -> Export:
         if view.get("patch_size") and int(view["dims"]) == 3 and weights is None:
             raise CheckpointError(f"{path}/manifest.json lists no window_weights for its 3D patches; export again")
         configurations.append(Configuration(view, sessions, weights))
-    return Export(path, manifest, configurations, int(threads) if threads else _cores())
-
-
-def _cores() -> int:
-    """The CPUs this process may run on (onnxruntime's default thread count is the same)."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return Export(path, manifest, configurations, int(threads) if threads else usable_cpus())
 
 
 def read_case(case: Case, manifest: dict[str, Any]) -> tuple[np.ndarray, Geometry, Any]:
