@@ -323,6 +323,14 @@ def _masks_missing(ctx: Ctx) -> list[str]:
     return ["data=folder", f"data.root={root}", "data.mask_suffix=_mask", "logger=none"]
 
 
+def _folder_names_unreadable(ctx: Ctx) -> list[str]:
+    from medseg.data.examples import write_folder
+
+    root = write_folder(ctx.tmp / "named", num_cases=3, mask_suffix="_mask")
+    (root / "dataset.json").write_text('{"labels": {"background": 0, "car": 1')  # cut short
+    return ["data=folder", f"data.root={root}", "data.mask_suffix=_mask", "logger=none"]
+
+
 def _evaluate_truncated_label(ctx: Ctx) -> list[str]:
     root = ctx.copy_msd()
     _truncate_nifti(ctx.label(root, 1))
@@ -349,6 +357,9 @@ FILE_ROWS = [
     Row("missing-label-file", _missing_label, r"missing file.*case_002"),
     Row("empty-folder", _empty_folder, r"no cases found for data\.layout=folder"),
     Row("masks-missing", _masks_missing, r"have no mask .*img_001\.png"),
+    Row(
+        "folder-class-names-unreadable", _folder_names_unreadable, r"named/dataset\.json cannot be read as class names"
+    ),
     Row(
         "root-not-a-folder",
         _args("data=msd", "data.root=/nonexistent/msd", "logger=none"),
@@ -1239,7 +1250,7 @@ ROWS = (
 
 
 def test_the_suite_has_enough_rows() -> None:
-    assert len(ROWS) >= 117
+    assert len(ROWS) >= 118
     assert len({r.id for r in ROWS}) == len(ROWS)
 
 

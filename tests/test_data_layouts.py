@@ -59,6 +59,36 @@ def test_folder_binary_255_masks_map_to_0_1(compose, tmp_path: Path) -> None:
     assert set(truth.unique().tolist()) == {0, 1}
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (None, None, ["class_0", "class_1"]),
+        ("dataset.json", '{"labels": {"background": 0, "car": 1}}', ["background", "car"]),
+        ("dataset.json", '{"labels": {"0": "background", "1": "car"}}', ["background", "car"]),
+        (
+            "labelmap.txt",
+            "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncar:255,255,255::\n",
+            ["background", "car"],
+        ),
+        ("classes.txt", "background\ncar\n", ["background", "car"]),
+    ],
+)
+def test_folder_binary_classes_take_the_names_the_data_give(compose, tmp_path: Path, name, text, expected) -> None:
+    root = write_folder(tmp_path / "named", num_cases=3, mask_suffix="_mask", mode="binary255")
+    if name:
+        (root / name).write_text(text)
+    _, bundle, _ = _batch(compose, "data=folder", f"data.root={root}", "data.mask_suffix=_mask")
+    assert bundle.info.class_names == expected
+    # a name list of another length than the masks' classes is named with the file it came from
+    if name:
+        (root / name).write_text(text.replace("car", "car\nbus") if name == "classes.txt" else text)
+    if name == "classes.txt":
+        from medseg.errors import DataError
+
+        with pytest.raises(DataError, match=r"data\.num_classes=2 disagrees with the class names in .*classes\.txt"):
+            _batch(compose, "data=folder", f"data.root={root}", "data.mask_suffix=_mask", "data.num_classes=2")
+
+
 def test_folder_native_2d_orientation_matches_the_png(compose, tmp_path: Path) -> None:
     """Arrays are in MONAI's (width, height) order: transposing gives back the PNG's pixels."""
     from PIL import Image
@@ -172,6 +202,7 @@ def test_train_folder_end_to_end_and_predict_writes_0_255(compose, tmp_path: Pat
     from medseg.tasks.predict import run_predict
 
     root = write_folder(tmp_path / "pairs", mask_suffix="_mask")
+    (root / "labelmap.txt").write_text("background:0,0,0::\ncar:255,255,255::\n")  # a CVAT mask export's names
     out = _train(compose, "data=folder", f"data.root={root}", "data.mask_suffix=_mask")
     ckpt_path = out / "checkpoints" / "last.pt"
     assert torch.load(ckpt_path, weights_only=True)["mask_values"] == [0, 255]
@@ -185,7 +216,7 @@ def test_train_folder_end_to_end_and_predict_writes_0_255(compose, tmp_path: Pat
         ckpt_path,
         tmp_path / "eval",
         2,
-        ["class_1"],
+        ["car"],
         "data=folder",
         f"data.root={root}",
         "data.mask_suffix=_mask",

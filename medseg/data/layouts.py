@@ -174,7 +174,37 @@ def read_folder(data_cfg: Any, cache_dir: str) -> CaseSet:
         values = detect_mask_values([Path(c["label"]) for c in cases[:3]])
         if values:
             extra["mask_values"] = values
-    return CaseSet(cases=cases, class_names=None, root=root, extra=extra)
+    names, source = folder_class_names(root)
+    if source:
+        extra["class_source"] = source
+    return CaseSet(cases=cases, class_names=names, root=root, extra=extra)
+
+
+# Where a folder dataset names its classes: the field's dataset.json (MSD / nnU-Net `labels`), the
+# `labelmap.txt` of a CVAT or Pascal VOC mask export (`name:r,g,b:parts:actions`), or `classes.txt`
+# (one name per line); background first in each.
+FOLDER_NAME_FILES = ("dataset.json", "labelmap.txt", "classes.txt")
+
+
+def folder_class_names(root: Path) -> tuple[list[str] | None, str | None]:
+    """The class names a folder dataset gives in data.root, with the file they came from; (None, None) if none."""
+    for name in FOLDER_NAME_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+            if name == "dataset.json":
+                labels = json.loads(text).get("labels") if text.strip() else None
+                names = _msd_class_names(labels) if isinstance(labels, dict) else None
+            else:
+                lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+                names = [ln.split(":", 1)[0].strip() if name == "labelmap.txt" else ln for ln in lines] or None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, ValueError) as exc:
+            raise DataError(f"{path} cannot be read as class names ({exc}); fix it or set data.class_names") from exc
+        if names:
+            return names, f"the class names in {path}"
+    return None, None
 
 
 def detect_mask_values(masks: list[Path]) -> list[int] | None:
