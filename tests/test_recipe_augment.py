@@ -143,8 +143,14 @@ def test_labels_resample_as_nnunet_does_not_as_nearest_neighbours():
     # no background among the values, and a single value: the rule as written out
     torch.manual_seed(5)
     grid = torch.rand(3, 5, 6, 2) * 2.4 - 1.2  # partly outside the input
-    for label in (torch.randint(1, 4, (3, 1, 7, 9)), torch.full((3, 1, 7, 9), 2), torch.randint(0, 2, (3, 1, 7, 9))):
-        assert torch.equal(resample_labels(label, grid), _nnunet_labels(label, grid))
+    labels = [torch.randint(1, 4, (3, 1, 7, 9)), torch.full((3, 1, 7, 9), 2), torch.randint(0, 2, (3, 1, 7, 9))]
+    labels += [
+        torch.randint(0, 6, (3, 1, 7, 9), dtype=torch.int16),
+        torch.randint(0, 3, (3, 1, 7, 9), dtype=torch.uint8),
+    ]
+    for label in labels:  # the CPU's numpy path and the torch path a GPU takes give nnU-Net's labels
+        for numpy_on_cpu in (True, False):
+            assert torch.equal(resample_labels(label, grid, numpy_on_cpu), _nnunet_labels(label, grid))
 
 
 @pytest.mark.parametrize("dims", [2, 3])
