@@ -2,7 +2,7 @@
 only allow-listed keys are taken, range-checked, never resolved; no path comes from it; the network is
 sized by the file's weights; evaluate, report and a resumed run read and write where the run says.
 
-The one-line refusals themselves are rows of tests/test_bad_inputs.py.
+The one-line refusals themselves are rows of tests/bad_input_rows_checkpoints.py (run by tests/test_bad_inputs.py).
 """
 
 from __future__ import annotations
