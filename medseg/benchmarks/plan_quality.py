@@ -12,7 +12,8 @@ geometry. Configurations (each an ordinary set of overrides, printed):
 - recipe_2d: recipe=nnunet (SGD 0.99 + poly, nnU-Net's augmentation batched, 1/3 foreground patches,
              deep supervision, mirroring at test time) with model=dynunet on 2D patches;
 - recipe_3d: the same recipe with a 3D DynUNet on 3D patches (Gaussian sliding-window validation);
-- planned:   plan=auto, when medseg has a planner (conf/plan/auto.yaml), on top of recipe=nnunet.
+- planned_2d, planned_3d: plan=auto on top of recipe=nnunet, data.dims=2 / 3: the planner's batch, patch,
+             spacing, network (plain U-Net, nnU-Net's topology) and normalisation for an 8 GB budget.
 Every configuration takes `--steps` optimizer steps (epochs x batches per epoch, accumulation 1) and is
 scored as training validates: per-case Dice on the same held-out cases, per class. Printed: Dice per
 class, the mean, and the wall time of the run.
@@ -31,7 +32,6 @@ from typing import Any
 import numpy as np
 
 CLASS_NAMES = ["background", "vessel", "organ_a", "organ_b"]
-REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def generate_case(shape: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,9 +112,33 @@ def configurations(shape: list[int], quick: bool) -> dict[str, dict[str, Any]]:
             "items": lambda n: n,
         },
     }
-    if (REPO_CONF / "plan" / "auto.yaml").is_file():  # the planner's values on top of the recipe
-        out["planned"] = {"overrides": ["recipe=nnunet", "plan=auto"], "batch": None, "items": None}
+    # the planner's values on top of the recipe: batch, patch, spacing, network and normalisation planned
+    out["planned_2d"] = {"overrides": ["recipe=nnunet", "plan=auto", "data.dims=2"], "batch": None, "items": None}
+    out["planned_3d"] = {
+        "overrides": ["recipe=nnunet", "plan=auto", "data.dims=3", "data.samples_per_volume=1"],
+        "batch": None,
+        "items": None,
+    }
     return out
+
+
+def epochs_for(steps: int, per_epoch: int) -> tuple[int, int]:
+    """(epochs, batches per epoch) giving exactly `steps` optimizer steps with at most `per_epoch` batches an
+    epoch (accumulation 1): the fewest epochs that divide `steps`."""
+    epochs = max(1, math.ceil(steps / max(1, per_epoch)))
+    while steps % epochs:
+        epochs += 1
+    return epochs, steps // epochs
+
+
+def planned_batches_per_epoch(overrides: list[str]) -> tuple[int, int]:
+    """(batch size, micro-batches per epoch) of a planned configuration, from its train loader as a run
+    builds it: the plan decides both (batch size, and in 2D the slices of the planned slice axis)."""
+    from medseg.benchmarks.data_loading import compose
+    from medseg.data.datamodule import build_data
+
+    cfg = compose(overrides)
+    return int(cfg.data.batch_size), len(build_data(cfg).train_loader)
 
 
 def run_configuration(
@@ -140,11 +164,12 @@ def run_configuration(
     ]
     overrides = [*base, *spec["overrides"]]
     if spec["batch"] is not None:
-        per_epoch = max(1, math.ceil(spec["items"](train_cases) / spec["batch"]))
-        epochs = max(1, math.ceil(steps / per_epoch))
-        per_epoch = min(per_epoch, math.ceil(steps / epochs))
-        overrides += [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={per_epoch}"]
-        overrides += [f"trainer.val_every_n_epochs={epochs}"]  # validate once, at the end
+        batch, per_epoch = spec["batch"], max(1, math.ceil(spec["items"](train_cases) / spec["batch"]))
+    else:
+        batch, per_epoch = planned_batches_per_epoch(overrides)
+    epochs, per_epoch = epochs_for(steps, per_epoch)
+    overrides += [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={per_epoch}"]
+    overrides += [f"trainer.val_every_n_epochs={epochs}"]  # validate once, at the end
     cfg = compose(overrides)
     started = time.perf_counter()
     run_train(cfg)
@@ -154,6 +179,7 @@ def run_configuration(
     dice = {c: record.get(f"val/dice/{c}") for c in CLASS_NAMES[1:]}
     return {
         "overrides": spec["overrides"],
+        "batch": batch,
         "steps": record.get("step"),
         "dice": dice,
         "mean_dice": record.get("val/dice"),
@@ -186,7 +212,8 @@ def compare(
 def format_row(name: str, r: dict[str, Any]) -> str:
     dice = " ".join(f"{c} {_fmt(v)}" for c, v in r["dice"].items())
     return (
-        f"{name:10s} steps {r['steps']}: Dice {dice} | mean {_fmt(r['mean_dice'])} | {r['seconds']:.0f} s"
+        f"{name:10s} steps {r['steps']} batch {r['batch']}: Dice {dice} | mean {_fmt(r['mean_dice'])}"
+        f" | {r['seconds']:.0f} s"
         f"   [{' '.join(r['overrides'])}]"
     )
 
@@ -199,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="60 steps on smaller data")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per configuration")
-    parser.add_argument("--configs", default="", help="comma-separated subset: default,recipe_2d,recipe_3d,planned")
+    names = "default,recipe_2d,recipe_3d,planned_2d,planned_3d"
+    parser.add_argument("--configs", default="", help=f"comma-separated subset: {names}")
     parser.add_argument("--cache", default=None)
     args = parser.parse_args(argv)
     steps = args.steps or (60 if args.quick else 600)
