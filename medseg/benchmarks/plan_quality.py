@@ -85,41 +85,27 @@ def write_data(cache: Path, shape: list[int], cases: int) -> Path:
     return root
 
 
-def configurations(shape: list[int], quick: bool) -> dict[str, dict[str, Any]]:
-    """name -> {"overrides": [...], "batch": int, "items_per_epoch": callable(train_cases) -> int}."""
+def configurations(shape: list[int], quick: bool) -> dict[str, list[str]]:
+    """name -> the overrides of that configuration (batch and steps per epoch come from its own loader)."""
     h, w, d = shape
     p2 = [min(h, 48 if quick else 64), min(w, 48 if quick else 64)]
     p3 = [min(h, 32 if quick else 48), min(w, 32 if quick else 48), 16 if d < 32 else 32]
-    filters = "[16,32,64,128]"
-    recipe = ["recipe=nnunet", "model=dynunet", f"model.filters={filters}", "model.deep_supervision=true"]
-    out = {
-        "default": {"overrides": ["data.batch_size=8"], "batch": 8, "items": lambda n: n * d},
-        "recipe_2d": {
-            "overrides": [*recipe, "model.deep_supr_num=2", f"data.patch_size=[{p2[0]},{p2[1]}]", "data.batch_size=8"],
-            "batch": 8,
-            "items": lambda n: n * d,
-        },
-        "recipe_3d": {
-            "overrides": [
-                *recipe,
-                "model.deep_supr_num=2",
-                "data.dims=3",
-                f"data.patch_size=[{p3[0]},{p3[1]},{p3[2]}]",
-                "data.batch_size=2",
-                "data.samples_per_volume=1",
-            ],
-            "batch": 2,
-            "items": lambda n: n,
-        },
+    recipe = ["recipe=nnunet", "model=dynunet", "model.filters=[16,32,64,128]", "model.deep_supervision=true"]
+    return {
+        "default": ["data.batch_size=8"],
+        "recipe_2d": [*recipe, "model.deep_supr_num=2", f"data.patch_size=[{p2[0]},{p2[1]}]", "data.batch_size=8"],
+        "recipe_3d": [
+            *recipe,
+            "model.deep_supr_num=2",
+            "data.dims=3",
+            f"data.patch_size=[{p3[0]},{p3[1]},{p3[2]}]",
+            "data.batch_size=2",
+            "data.samples_per_volume=1",
+        ],
+        # the planner's values on top of the recipe: batch, patch, spacing, network and normalisation planned
+        "planned_2d": ["recipe=nnunet", "plan=auto", "data.dims=2"],
+        "planned_3d": ["recipe=nnunet", "plan=auto", "data.dims=3", "data.samples_per_volume=1"],
     }
-    # the planner's values on top of the recipe: batch, patch, spacing, network and normalisation planned
-    out["planned_2d"] = {"overrides": ["recipe=nnunet", "plan=auto", "data.dims=2"], "batch": None, "items": None}
-    out["planned_3d"] = {
-        "overrides": ["recipe=nnunet", "plan=auto", "data.dims=3", "data.samples_per_volume=1"],
-        "batch": None,
-        "items": None,
-    }
-    return out
 
 
 def epochs_for(steps: int, per_epoch: int) -> tuple[int, int]:
@@ -131,9 +117,9 @@ def epochs_for(steps: int, per_epoch: int) -> tuple[int, int]:
     return epochs, steps // epochs
 
 
-def planned_batches_per_epoch(overrides: list[str]) -> tuple[int, int]:
-    """(batch size, micro-batches per epoch) of a planned configuration, from its train loader as a run
-    builds it: the plan decides both (batch size, and in 2D the slices of the planned slice axis)."""
+def batches_per_epoch(overrides: list[str]) -> tuple[int, int]:
+    """(batch size, micro-batches per epoch) of a configuration, from its train loader as a run builds it
+    (for plan=auto the plan decides both: the batch size, and in 2D the slices of the planned slice axis)."""
     from medseg.benchmarks.data_loading import compose
     from medseg.data.datamodule import build_data
 
@@ -142,13 +128,12 @@ def planned_batches_per_epoch(overrides: list[str]) -> tuple[int, int]:
 
 
 def run_configuration(
-    name: str, spec: dict[str, Any], root: Path, steps: int, cases: int, out_dir: Path, cache_dir: Path
+    name: str, spec: list[str], root: Path, steps: int, out_dir: Path, cache_dir: Path
 ) -> dict[str, Any]:
     from medseg.benchmarks.data_loading import compose
     from medseg.tasks.train import run_train
 
     val_percent = 25.0
-    train_cases = cases - max(1, round(cases * val_percent / 100))
     base = [
         "data=msd",
         f"data.root={root}",
@@ -162,11 +147,8 @@ def run_configuration(
         f"paths.output_dir={out_dir / name}",
         "hardware.num_workers=0",
     ]
-    overrides = [*base, *spec["overrides"]]
-    if spec["batch"] is not None:
-        batch, per_epoch = spec["batch"], max(1, math.ceil(spec["items"](train_cases) / spec["batch"]))
-    else:
-        batch, per_epoch = planned_batches_per_epoch(overrides)
+    overrides = [*base, *spec]
+    batch, per_epoch = batches_per_epoch(overrides)
     epochs, per_epoch = epochs_for(steps, per_epoch)
     overrides += [f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={per_epoch}"]
     overrides += [f"trainer.val_every_n_epochs={epochs}"]  # validate once, at the end
@@ -178,7 +160,7 @@ def run_configuration(
     record = (history if isinstance(history, list) else history["epochs"])[-1]
     dice = {c: record.get(f"val/dice/{c}") for c in CLASS_NAMES[1:]}
     return {
-        "overrides": spec["overrides"],
+        "overrides": spec,
         "batch": batch,
         "steps": record.get("step"),
         "dice": dice,
@@ -204,7 +186,7 @@ def compare(
     for name in names or tuple(specs):
         if name not in specs:
             raise SystemExit(f"unknown configuration {name!r}; choose from {sorted(specs)}")
-        results[name] = run_configuration(name, specs[name], root, steps, cases, out_dir, cache_dir)
+        results[name] = run_configuration(name, specs[name], root, steps, out_dir, cache_dir)
         print(format_row(name, results[name]), flush=True)
     return results
 
