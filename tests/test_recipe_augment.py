@@ -14,10 +14,10 @@ from medseg.data.batch_augment import (
     gaussian_blur,
     read_size,
     resample,
-    resample_labels,
     settings_from,
 )
 from medseg.data.datamodule import build_data
+from medseg.data.label_resampling import resample_labels
 
 PATCH_2D = ["data.patch_size=[32,32]", "data.synthetic.shape=[48,48,8]", "data.batch_size=6"]
 
